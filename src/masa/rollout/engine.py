@@ -1,0 +1,192 @@
+"""Rollout engines: sample completions with their log-probabilities and a per-prompt token limit."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from masa.rollout.types import FinishReason, Rollout, SamplingParams
+
+
+class RolloutEngine(Protocol):
+    """What the trainer and evaluator need from a generator; a vLLM engine implements the same."""
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+        max_tokens: Sequence[int] | None = None,
+    ) -> list[list[Rollout]]:
+        """``n`` completions of each prompt; ``max_tokens[i]`` caps prompt i's completions below
+        ``params.max_new_tokens`` (finish reason CUTOFF when it bites)."""
+        ...
+
+
+class _SampleAndRecord(LogitsProcessor):
+    """Applies temperature and top-p itself, then records each chosen token's log-probability.
+
+    transformers runs user processors before its own warpers, so a recorder placed there would see the
+    un-warped logits; owning the warping makes the recorded value the probability the token was actually
+    sampled with. A processor only learns which token was chosen at the next call, so it keeps the previous
+    step's log-probabilities and gathers then; ``finish`` gathers the last step.
+    """
+
+    def __init__(self, temperature: float, top_p: float):
+        self._warpers = []
+        if temperature > 0:
+            self._warpers.append(TemperatureLogitsWarper(temperature))
+            if top_p < 1.0:
+                self._warpers.append(TopPLogitsWarper(top_p))
+        self._previous: torch.Tensor | None = None
+        self.chosen_logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warp in self._warpers:
+            scores = warp(input_ids, scores)
+        self._gather(input_ids[:, -1])
+        self._previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _gather(self, tokens: torch.Tensor) -> None:
+        if self._previous is not None:
+            self.chosen_logprobs.append(self._previous.gather(1, tokens[:, None]).squeeze(1))
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        self._gather(sequences[:, -1])
+        self._previous = None
+        return torch.stack(self.chosen_logprobs, dim=1)
+
+
+class _PerSequenceLimit(StoppingCriteria):
+    def __init__(self, prompt_length: int, limits: torch.Tensor):
+        self.prompt_length = prompt_length
+        self.limits = limits
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_length) >= self.limits
+
+
+class HFEngine:
+    """Batched ``model.generate`` with left padding and a KV cache.
+
+    Sequences are decoded in chunks of at most ``max_batch_sequences`` so memory stays bounded; each
+    sequence stops at its own token limit, so a cut-off rollout never produces tokens past it.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_batch_sequences: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_sequences = max_batch_sequences
+        self.autocast_dtype = autocast_dtype
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = sorted(i for i in eos_ids if i is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+        max_tokens: Sequence[int] | None = None,
+    ) -> list[list[Rollout]]:
+        if max_tokens is not None and len(max_tokens) != len(prompts):
+            raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
+        limits = [
+            params.max_new_tokens
+            if max_tokens is None
+            else max(1, min(int(max_tokens[i]), params.max_new_tokens))
+            for i in range(len(prompts))
+        ]
+        jobs = [(i, limits[i]) for i in range(len(prompts)) for _ in range(n)]
+        results: list[list[Rollout]] = [[] for _ in prompts]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(jobs), self.max_batch_sequences):
+                chunk = jobs[start : start + self.max_batch_sequences]
+                for (prompt_index, _), rollout in zip(
+                    chunk, self._generate_chunk(prompts, chunk, params), strict=True
+                ):
+                    results[prompt_index].append(rollout)
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _generate_chunk(
+        self, prompts: Sequence[list[int]], chunk: list[tuple[int, int]], params: SamplingParams
+    ) -> Iterator[Rollout]:
+        device = self.model.device
+        width = max(len(prompts[i]) for i, _ in chunk)
+        input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (i, _) in enumerate(chunk):
+            ids = prompts[i]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        limits = torch.tensor([limit for _, limit in chunk], device=device)
+        recorder = _SampleAndRecord(params.temperature, params.top_p)
+        config = GenerationConfig(
+            do_sample=params.temperature > 0,
+            # Temperature, top-p and top-k stay unset: the recorder warps, and generate must not warp again.
+            max_new_tokens=int(limits.max()),
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        with self._autocast():
+            sequences = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
+                stopping_criteria=StoppingCriteriaList([_PerSequenceLimit(width, limits)]),
+            )
+        logprobs = recorder.finish(sequences).cpu()
+        completions = sequences[:, width:].cpu()
+        eos = torch.tensor(self.eos_ids)
+        for row, (i, limit) in enumerate(chunk):
+            tokens = completions[row, :limit]
+            is_eos = torch.isin(tokens, eos).nonzero()
+            # Rows that stopped early are padded with the pad token, which may equal EOS; only an EOS before
+            # the row's own limit can have been sampled, and the first one ends the completion.
+            if len(is_eos):
+                length, reason = int(is_eos[0]) + 1, FinishReason.STOP
+            else:
+                length = len(tokens)
+                reason = FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
+            yield Rollout(
+                prompt_ids=list(prompts[i]),
+                completion_ids=tokens[:length].tolist(),
+                logprobs=logprobs[row, :length].tolist(),
+                finish_reason=reason,
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)

@@ -1,0 +1,107 @@
+"""Where metrics go: metrics.jsonl in the run folder, plus TensorBoard and Weights & Biases when asked."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        config: dict[str, Any],
+        resume_step: int | None = None,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "masa",
+    ):
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError(
+                    "train.tensorboard=true needs tensorboard: pip install 'masa[tensorboard]'"
+                ) from exc
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError as exc:
+                raise RuntimeError("train.wandb=true needs wandb: pip install 'masa[wandb]'") from exc
+            self._wandb = wandb_module.init(
+                project=wandb_project, name=run_dir.name, config=config, resume="allow"
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after the checkpoint being resumed, so each step appears once."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN; a missing statistic (e.g. a correlation of constant values) is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+STEP_LINE_KEYS = (
+    ("reward/solution", "reward", "{:.3f}"),
+    ("solution/accuracy", "acc", "{:.3f}"),
+    ("groups/zero_variance_fraction", "zero-var", "{:.2f}"),
+    ("meta/parse_rate", "meta-parse", "{:.2f}"),
+    ("meta/pass_rate_mae", "mae", "{:.3f}"),
+    ("gate/gated_fraction", "gated", "{:.2f}"),
+    ("tokens/generated", "tokens", "{:.0f}"),
+    ("perf/step_seconds", "s/step", "{:.1f}"),
+    ("perf/tokens_per_second", "tok/s", "{:.0f}"),
+    ("eval/accuracy", "EVAL acc", "{:.3f}"),
+)
+
+
+def format_step_line(step: int, metrics: dict[str, Any]) -> str:
+    parts = [f"step {step:>4}"]
+    for key, label, fmt in STEP_LINE_KEYS:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            parts.append(f"{label} {fmt.format(value)}")
+    return " | ".join(parts)

@@ -1,0 +1,58 @@
+import pytest
+
+from masa.config import ConfigError, load_config
+
+
+def test_default_preset_is_the_embedded_model_on_arithmetic():
+    cfg = load_config()
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.data.train == "arithmetic"
+    assert cfg.algo.clip_low == 0.2 and cfg.algo.clip_high == 0.28
+
+
+def test_dotted_overrides_and_section_shorthand():
+    cfg = load_config("tiny", overrides=["algo.lr=1e-6", "rollout.n=8", "algo=grpo", "data.eval=null"])
+    assert cfg.algo.lr == 1e-6
+    assert cfg.rollout.n == 8
+    assert cfg.data.eval is None
+
+
+def test_yaml_file_is_applied_between_preset_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  n: 6\n  temperature: 0.8\n")
+    cfg = load_config("tiny", path, ["rollout.n=5"])
+    assert cfg.rollout.n == 5 and cfg.rollout.temperature == 0.8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.lrr=1", "unknown key 'algo.lrr'; allowed in algo:"),
+        ("bogus.x=1", "unknown section 'bogus'"),
+        ("algo.name=ppo", "allowed values: grpo, masa, masa-efficient"),
+        ("rollout.n=0", "rollout.n=0 is not valid: must be >= 1"),
+        ("rollout.n=two", "rollout.n must be an integer"),
+        ("model.precision=fp8", "allowed values: auto, fp32, bf16"),
+        ("train.tensorboard=maybe", "train.tensorboard must be true or false"),
+        ("noequals", "must look like section.key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
+        load_config("tiny", overrides=[override])
+
+
+def test_missing_or_malformed_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("tiny", tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config("tiny", bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="allowed: smollm2-arith, tiny"):
+        load_config("huge")

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from masa.meta.parse import parse_meta_prediction
+from masa.meta.prompt import META_PROMPT_TEMPLATE, build_meta_prompt, length_bounds, render_meta_json
+
+
+def test_prompt_states_problem_keys_and_response_range():
+    text = build_meta_prompt("Compute 2 + 3.", pass_rate_scale=8, max_response_tokens=8192, min_length=128)
+    assert "Compute 2 + 3." in text
+    for key in ('"math_notion"', '"pass_rate"', '"solution_length"', "<meta>", "</meta>"):
+        assert key in text
+    assert "from 0 to 8" in text
+    assert "from 128 to 8192" in text
+
+
+def test_example_in_prompt_is_valid_canonical_json():
+    text = build_meta_prompt("x", max_response_tokens=1000, min_length=100, pass_rate_scale=8)
+    example = json.loads(text.strip().splitlines()[-1])
+    assert example == {"math_notion": ["concept one", "concept two"], "pass_rate": 4, "solution_length": 550}
+    assert parse_meta_prediction(text.strip().splitlines()[-1]).pass_rate == 4
+
+
+def test_short_response_limit_lowers_the_minimum():
+    assert length_bounds(128, 128) == (128, 128)
+    assert length_bounds(128, 96) == (1, 96)
+    assert "from 1 to 96" in build_meta_prompt("x", max_response_tokens=96)
+
+
+@pytest.mark.parametrize(("min_length", "max_tokens"), [(0, 10), (5, 0)])
+def test_length_bounds_reject_non_positive(min_length, max_tokens):
+    with pytest.raises(ValueError):
+        length_bounds(min_length, max_tokens)
+
+
+def test_scale_must_be_positive():
+    with pytest.raises(ValueError):
+        build_meta_prompt("x", max_response_tokens=100, pass_rate_scale=0)
+
+
+def test_braces_and_placeholders_in_problem_are_left_alone():
+    problem = "Let S = {1, 2} and {scale} be a set."
+    text = build_meta_prompt(problem, max_response_tokens=512, pass_rate_scale=4)
+    assert problem in text
+    assert "from 0 to 4" in text
+
+
+def test_custom_template_and_notion_word():
+    template = 'Q: {problem}\nAnswer like {"x": 1} with {notion_key} in 0..{scale}, {min_length}-{max_length}'
+    text = build_meta_prompt(
+        "p", max_response_tokens=300, min_length=10, notion_word="code_notion", template=template
+    )
+    assert text == 'Q: p\nAnswer like {"x": 1} with code_notion in 0..8, 10-300'
+
+
+def test_default_template_uses_every_placeholder():
+    for name in ("problem", "notion_key", "scale", "min_length", "max_length", "example"):
+        assert "{" + name + "}" in META_PROMPT_TEMPLATE
+
+
+def test_render_meta_json_is_canonical():
+    assert (
+        render_meta_json(["a", "é"], 3, 200)
+        == '{"math_notion": ["a", "é"], "pass_rate": 3, "solution_length": 200}'
+    )
+    assert render_meta_json([], 0, 1, notion_word="notions").startswith('{"notions": []')
