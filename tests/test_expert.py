@@ -88,7 +88,7 @@ def test_target_without_a_meta_block_uses_generic_reasoning():
     s = stats([True], [20])
     for meta in (None, "no tags at all", "<meta>unterminated"):
         target = build_expert_target(meta, s, ["a"], max_response_tokens=64, notion_word="code_notion")
-        assert target == GENERIC_REASONING + '\n{"code_notion": ["a"], "pass_rate": 8, "solution_length": 64}'
+        assert target == GENERIC_REASONING + '\n{"code_notion": ["a"], "pass_rate": 8, "solution_length": 20}'
 
 
 @settings(max_examples=100, deadline=None)

@@ -166,14 +166,25 @@ def policy_update(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    order = sorted(
-        range(len(sequences)), key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids)
-    )
-    micro = [
-        order[i : i + settings.micro_batch_sequences]
-        for i in range(0, len(order), settings.micro_batch_sequences)
-    ]
-    packed = {tuple(idx): pack([sequences[i] for i in idx], pad_id, device) for idx in micro}
+    rng = rng or random.Random(0)
+    count = len(sequences)
+    order = list(range(count)) if settings.mini_batches == 1 else rng.sample(range(count), count)
+    with_kl = ref_model is not None and settings.kl_coef > 0
+    plans: list[tuple[float, list[tuple[int, ...]]]] = []
+    for part in range(settings.mini_batches):
+        mini = order[part :: settings.mini_batches]
+        if not mini:
+            continue
+        normaliser = float(max(sum(len(sequences[i].completion_ids) for i in mini), 1))
+        # A zero-advantage sequence adds exactly zero policy gradient, so without a KL term it is not run at
+        # all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
+        active = sorted(
+            (i for i in mini if with_kl or sequences[i].advantage != 0.0),
+            key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids),
+        )
+        step = settings.micro_batch_sequences
+        plans.append((normaliser, [tuple(active[j : j + step]) for j in range(0, len(active), step)]))
+    packed = {key: pack([sequences[i] for i in key], pad_id, device) for _, micro in plans for key in micro}
 
     reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
     old: dict[tuple[int, ...], torch.Tensor] = {}
@@ -182,30 +193,23 @@ def policy_update(
         for key, batch in packed.items():
             if not reuse_current:
                 old[key] = token_logprobs(model, batch, settings.temperature)
-            if ref_model is not None and settings.kl_coef > 0:
+            if with_kl:
                 ref[key] = token_logprobs(ref_model, batch, settings.temperature)
 
-    rng = rng or random.Random(0)
-    keys = list(packed)
-    totals = {
-        "loss": 0.0,
-        "clip_low_fraction": 0.0,
-        "clip_high_fraction": 0.0,
-        "approx_kl": 0.0,
-        "ref_kl": 0.0,
-    }
+    totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     grad_norms: list[float] = []
-    count = 0
+    micro_steps = 0
+    skipped = 0
     model.train()
     for _ in range(settings.ppo_epochs):
-        shuffled = keys[:] if settings.mini_batches == 1 else rng.sample(keys, len(keys))
-        for mb in range(settings.mini_batches):
-            mini = shuffled[mb :: settings.mini_batches]
-            if not mini:
+        for normaliser, micro in plans if len(plans) == 1 else rng.sample(plans, len(plans)):
+            if not micro:
+                # No learning signal in this mini-batch: the weights stay as they are, the schedule moves on.
+                skipped += 1
+                scheduler.step()
                 continue
-            normaliser = float(sum(packed[k].completion_mask.sum() for k in mini).clamp(min=1))
             optimizer.zero_grad(set_to_none=True)
-            for key in mini:
+            for key in micro:
                 batch = packed[key]
                 with autocast:
                     logprobs = token_logprobs(model, batch, settings.temperature)
@@ -225,13 +229,15 @@ def policy_update(
                 totals["loss"] += float(loss.detach())
                 for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
                     totals[name] += getattr(stats, name)
-                count += 1
+                micro_steps += 1
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)))
             optimizer.step()
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {f"update/{k}": v / max(count, 1) for k, v in totals.items() if k != "loss"}
-    metrics["update/loss"] = totals["loss"] / max(settings.ppo_epochs * settings.mini_batches, 1)
+    metrics = {f"update/{k}": v / max(micro_steps, 1) for k, v in totals.items() if k != "loss"}
+    metrics["update/loss"] = totals["loss"] / max(settings.ppo_epochs * len(plans), 1)
     metrics["update/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    metrics["update/skipped_minibatches"] = skipped
+    metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
     metrics["update/lr"] = scheduler.get_last_lr()[0]
     return metrics

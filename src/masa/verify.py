@@ -240,7 +240,9 @@ class _WorkerPool:
             worker.kill()
             raise
         if verdict is None:
-            logger.info("math-verify took longer than %.1fs on %.80r; scoring it as wrong", timeout_s, answer)
+            logger.info(
+                "math-verify gave no verdict within %.1fs on %.80r; scoring it as wrong", timeout_s, answer
+            )
             worker.kill()
             self._release(_Worker())  # start the replacement now so the next caller does not wait for it
             return False
@@ -287,7 +289,7 @@ def _serve() -> None:
         replies.flush()
         return
     # The parent enforces the deadline by killing this process, so math-verify's signal-based timeouts are
-    # off; that makes it log a warning once, which is expected here.
+    # off, and its warning that they are off is noise here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
 
     @lru_cache(maxsize=4096)
