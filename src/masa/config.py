@@ -94,6 +94,66 @@ class AlgoConfig:
 
 
 @dataclass
+class MetaConfig:
+    """MASA's meta-prediction path (used by algo.name=masa and masa-efficient)."""
+
+    n: int = 8
+    """Meta rollouts per problem (M)."""
+    max_new_tokens: int = 96
+    pass_rate_scale: int = 8
+    """The prompt asks for a pass count out of this many attempts."""
+    min_length: int = 128
+    """Lower end of the solution_length range the prompt states (upper end: rollout.max_new_tokens)."""
+    notion_word: str = "math_notion"
+    """JSON key for the predicted concepts; other domains can rename it."""
+    reward_base: float = 0.01
+    """Pass-rate reward base b in b ** |p - p_hat|."""
+    weight_length: float = 1.0
+    weight_pass_rate: float = 1.0
+    weight_notion: float = 1.0
+    token_weight: float = 1.0
+    """Weight of meta tokens relative to solution tokens in the policy loss."""
+    expert_sft: bool = False
+    """Supervised steps on self-generated expert meta trajectories (paper v1)."""
+    expert_threshold: float = 0.2
+    """Least notion score for a meta rollout to be kept as the expert's reasoning."""
+    expert_fallback: bool = True
+    """When no meta rollout qualifies, build the target from the true statistics alone."""
+    expert_lr: float = 1e-5
+    expert_every: int = 1
+    """Run a supervised step every this many training steps."""
+    expert_batch: int = 16
+    """Targets per supervised step, drawn from the buffer."""
+    expert_buffer: int = 256
+    """Most recent targets kept."""
+
+
+@dataclass
+class EfficientConfig:
+    """MASA-efficient: the sequential stage with predictive gating and early cutoff."""
+
+    switch: Literal["steps", "precision"] = "steps"
+    """Enter the sequential stage after warmup_steps, or once shadow gating precision holds up."""
+    warmup_steps: int = 10
+    switch_precision: float = 0.8
+    switch_patience: int = 3
+    """Consecutive steps the shadow precision must reach switch_precision (switch=precision)."""
+    gate_sigma: float = 0.1
+    gate_tolerance: float = 0.0625
+    """Gate when the mean predicted pass rate is within this of 0 or 1."""
+    gate_min_parsed: int = 2
+    audit_fraction: float = 0.1
+    """Share of gated problems rolled out anyway, to measure gating precision online."""
+    refill_rounds: int = 2
+    """Extra rounds of problems drawn to replace gated ones, so each update keeps its batch size."""
+    cutoff_factor: float = 2.0
+    cutoff_min_tokens: int = 16
+    cutoff_aggregate: Literal["median", "mean", "max"] = "median"
+    notion_hints: bool = False
+    """Append the predicted concepts to the solution prompt in the sequential stage."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 40
     batch_problems: int = 8
@@ -115,6 +175,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    efficient: EfficientConfig = field(default_factory=EfficientConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,6 +366,29 @@ def _check_values(cfg: Config) -> None:
         d.arithmetic_levels,
     )
     _require(d.verify_timeout_s > 0, "data.verify_timeout_s", "> 0", d.verify_timeout_s)
+    mc, e = cfg.meta, cfg.efficient
+    _require(mc.n >= 1, "meta.n", ">= 1", mc.n)
+    _require(mc.max_new_tokens >= 1, "meta.max_new_tokens", ">= 1", mc.max_new_tokens)
+    _require(mc.pass_rate_scale >= 1, "meta.pass_rate_scale", ">= 1", mc.pass_rate_scale)
+    _require(mc.min_length >= 1, "meta.min_length", ">= 1", mc.min_length)
+    _require(0 < mc.reward_base < 1, "meta.reward_base", "in (0, 1)", mc.reward_base)
+    weights = (mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
+    _require(min(weights) >= 0 and sum(weights) > 0, "meta.weight_*", "non-negative, not all 0", weights)
+    _require(mc.token_weight >= 0, "meta.token_weight", ">= 0", mc.token_weight)
+    _require(mc.expert_lr > 0, "meta.expert_lr", "> 0", mc.expert_lr)
+    _require(mc.expert_every >= 1, "meta.expert_every", ">= 1", mc.expert_every)
+    _require(mc.expert_batch >= 1, "meta.expert_batch", ">= 1", mc.expert_batch)
+    _require(mc.expert_buffer >= 1, "meta.expert_buffer", ">= 1", mc.expert_buffer)
+    _require(e.warmup_steps >= 0, "efficient.warmup_steps", ">= 0", e.warmup_steps)
+    _require(0 < e.switch_precision <= 1, "efficient.switch_precision", "in (0, 1]", e.switch_precision)
+    _require(e.switch_patience >= 1, "efficient.switch_patience", ">= 1", e.switch_patience)
+    _require(e.gate_sigma > 0, "efficient.gate_sigma", "> 0", e.gate_sigma)
+    _require(0 <= e.gate_tolerance < 0.5, "efficient.gate_tolerance", "in [0, 0.5)", e.gate_tolerance)
+    _require(e.gate_min_parsed >= 1, "efficient.gate_min_parsed", ">= 1", e.gate_min_parsed)
+    _require(0 <= e.audit_fraction <= 1, "efficient.audit_fraction", "in [0, 1]", e.audit_fraction)
+    _require(e.refill_rounds >= 0, "efficient.refill_rounds", ">= 0", e.refill_rounds)
+    _require(e.cutoff_factor > 0, "efficient.cutoff_factor", "> 0", e.cutoff_factor)
+    _require(e.cutoff_min_tokens >= 1, "efficient.cutoff_min_tokens", ">= 1", e.cutoff_min_tokens)
     _require(m.threads >= 0, "model.threads", ">= 0", m.threads)
     _require(bool(m.name), "model.name", "a non-empty model name or path", m.name)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "meta_predictions.jsonl"
 
 
 class MetricsWriter:
@@ -23,7 +24,8 @@ class MetricsWriter:
     ):
         self.path = run_dir / METRICS_FILE
         if resume_step is not None:
-            self._truncate_after(resume_step)
+            for name in (METRICS_FILE, PREDICTIONS_FILE):
+                truncate_jsonl_after(run_dir / name, resume_step)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
         self._wandb = None
@@ -44,20 +46,6 @@ class MetricsWriter:
                 project=wandb_project, name=run_dir.name, config=config, resume="allow"
             )
 
-    def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after the checkpoint being resumed, so each step appears once."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if row.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
@@ -75,6 +63,27 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint being resumed, so each step appears once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
 
 
 def _finite(value: Any) -> Any:

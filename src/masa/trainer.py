@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,14 +36,22 @@ from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
+from masa.efficient.cutoff import cutoff_limit
+from masa.efficient.gating import GateDecision, PredictiveGate
 from masa.eval.heldout import heldout_accuracy
+from masa.eval.meta_metrics import would_gate
+from masa.meta.expert import build_expert_target, select_expert_meta
+from masa.meta.parse import parse_meta_prediction
+from masa.meta.prompt import build_meta_prompt
+from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
+from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
-from masa.tracking import MetricsWriter, format_step_line
-from masa.update import TrainSequence, UpdateSettings, policy_update
+from masa.tracking import PREDICTIONS_FILE, MetricsWriter, append_jsonl, format_step_line
+from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
 
 CONFIG_FILE = "config.yaml"
 
@@ -131,6 +141,27 @@ class Trainer:
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
         )
         self.update_rng = random.Random(config.train.seed)
+        mc, e = config.meta, config.efficient
+        self.meta_weights = MetaRewardWeights(mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
+        self.gate = PredictiveGate(
+            sigma=e.gate_sigma,
+            tolerance=e.gate_tolerance,
+            min_parsed=e.gate_min_parsed,
+            audit_fraction=e.audit_fraction,
+            seed=config.train.seed,
+        )
+        self.sequential_since: int | None = None
+        self.shadow_streak = 0
+        self._gated_meta_rollouts: list[Rollout] = []
+        self.expert_buffer: list[tuple[list[int], list[int]]] = []
+        # Its own optimiser, so the supervised steps have their own learning rate and moments.
+        self.sft_optimizer = (
+            torch.optim.AdamW(
+                self.model.parameters(), lr=mc.expert_lr, betas=tuple(a.betas), weight_decay=0.0
+            )
+            if mc.expert_sft and config.algo.name != "grpo"
+            else None
+        )
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
@@ -150,21 +181,63 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step of the algorithm
     def train_step(self) -> dict[str, float]:
-        """Sample G solutions per problem, score them, normalise within each problem, update the policy."""
+        """One step of GRPO, MASA (parallel) or MASA-efficient (sequential after its warm-up).
+
+        1. (sequential stage) meta rollouts first; gate problems predicted trivial or unsolvable; refill.
+        2. G solution rollouts per problem (cut off at l x predicted length in the sequential stage).
+        3. Solution rewards; (parallel stage) M meta rollouts of the same problems.
+        4. Meta rewards against this step's solution statistics.
+        5. GRPO advantages in separate groups: solutions per problem, metas per problem.
+        6. One policy update over solution and meta tokens together; then the optional expert SFT step.
+        """
         started = time.perf_counter()
-        problems = self.sampler.take(self.cfg.train.batch_problems)
-        prompts = [self._solution_ids(p) for p in problems]
-        groups = self.engine.generate(prompts, self.cfg.rollout.n, self.sampling)
+        masa = self.cfg.algo.name != "grpo"
+        sequential = self._in_sequential_stage()
+        batch_size = self.cfg.train.batch_problems
+        problems = self.sampler.take(batch_size)
+        metas: list[list[MetaRollout]] = []
+        decisions: list[GateDecision | None] = [None] * len(problems)
+        gate_log: dict[str, float] = {}
+        if sequential:
+            problems, metas, decisions, gate_log = self._predict_and_gate(problems)
+
+        limits = [self._cutoff_limit(group) for group in metas] if sequential else None
+        hints = (
+            [self._hints(group) for group in metas]
+            if sequential and self.cfg.efficient.notion_hints
+            else None
+        )
+        prompts = [self._solution_ids(p, hints[i] if hints else None) for i, p in enumerate(problems)]
+        groups = self.engine.generate(prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits)
+        texts = [self._decode(g) for g in groups]
+        rewards = [self._score(p, t, g) for p, t, g in zip(problems, texts, groups, strict=True)]
+        if masa and not sequential:
+            metas = self._meta_rollouts(problems)
         generated = time.perf_counter()
 
-        rewards = [self._score(problem, rollouts) for problem, rollouts in zip(problems, groups, strict=True)]
-        adv = group_advantages(rewards, eps=self.cfg.algo.adv_eps, scale=self.cfg.algo.scale_advantages)
+        stats = [
+            solution_stats(t, [r > 0 for r in rw], [x.num_tokens for x in g])
+            for t, rw, g in zip(texts, rewards, groups, strict=True)
+        ]
+        meta_scores = [self._meta_rewards(p, m, st) for p, m, st in zip(problems, metas, stats, strict=False)]
+
+        eps, scale = self.cfg.algo.adv_eps, self.cfg.algo.scale_advantages
+        solution_adv = group_advantages(rewards, eps=eps, scale=scale)
+        meta_adv = group_advantages(
+            [[s.combined for s in group] for group in meta_scores], eps=eps, scale=scale
+        )
         sequences = [
             TrainSequence(r.prompt_ids, r.completion_ids, a)
-            for rollouts, advantages in zip(groups, adv.advantages, strict=True)
-            for r, a in zip(rollouts, advantages, strict=True)
+            for group, advantages in zip(groups, solution_adv.advantages, strict=True)
+            for r, a in zip(group, advantages, strict=True)
+        ] + [
+            TrainSequence(
+                m.rollout.prompt_ids, m.rollout.completion_ids, a, self.cfg.meta.token_weight, "meta"
+            )
+            for group, advantages in zip(metas, meta_adv.advantages, strict=False)
+            for m, a in zip(group, advantages, strict=True)
         ]
-        update_metrics = policy_update(
+        update_log = policy_update(
             self.model,
             self.optimizer,
             self.scheduler,
@@ -175,34 +248,79 @@ class Trainer:
             ref_model=self.ref_model,
             rng=self.update_rng,
         )
+        expert_log = self._expert_sft(problems, metas, stats) if masa and self.cfg.meta.expert_sft else {}
         finished = time.perf_counter()
 
+        if sequential:
+            for decision, group_is_flat in zip(decisions, solution_adv.zero_variance, strict=True):
+                self.gate.record_outcome(decision, group_is_flat)
+            gate_log.update(self._gate_metrics())
+        elif masa and self.cfg.algo.name == "masa-efficient":
+            gate_log.update(self._shadow_gate(metas, solution_adv.zero_variance))
+        self._log_predictions(problems, metas, stats, decisions, sequential)
+
         rollouts = [r for g in groups for r in g]
+        meta_rollouts = [m.rollout for g in metas for m in g]
+        if sequential:
+            meta_rollouts += self._gated_meta_rollouts
         solution_tokens = sum(r.num_tokens for r in rollouts)
+        meta_tokens = sum(r.num_tokens for r in meta_rollouts)
         flat_rewards = [x for g in rewards for x in g]
-        return {
-            "reward/solution": sum(flat_rewards) / len(flat_rewards),
-            "groups/zero_variance_fraction": sum(adv.zero_variance) / len(adv.zero_variance),
+        log = {
+            "stage/sequential": float(sequential),
+            "reward/solution": sum(flat_rewards) / max(len(flat_rewards), 1),
+            "groups/zero_variance_fraction": _mean([float(z) for z in solution_adv.zero_variance]),
             "solution/truncated_fraction": _share(rollouts, FinishReason.LENGTH),
-            "solution/mean_tokens": solution_tokens / len(rollouts),
+            "solution/mean_tokens": solution_tokens / max(len(rollouts), 1),
             "tokens/solution": solution_tokens,
-            "tokens/generated": solution_tokens,
+            "tokens/solution_per_problem": solution_tokens / max(len(problems), 1),
+            "tokens/meta": meta_tokens,
+            "tokens/generated": solution_tokens + meta_tokens,
             "perf/step_seconds": finished - started,
             "perf/generate_seconds": generated - started,
             "perf/update_seconds": finished - generated,
-            "perf/tokens_per_second": solution_tokens / max(generated - started, 1e-9),
-            **update_metrics,
+            "perf/tokens_per_second": (solution_tokens + meta_tokens) / max(generated - started, 1e-9),
+            **update_log,
+            **expert_log,
+            **gate_log,
         }
+        if masa:
+            log.update(meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale))
+            log["meta/token_share"] = meta_tokens / max(solution_tokens + meta_tokens, 1)
+            log["groups/meta_zero_variance_fraction"] = _mean([float(z) for z in meta_adv.zero_variance])
+        if limits is not None:
+            cut = [r for r in rollouts if r.finish_reason is FinishReason.CUTOFF]
+            log["cutoff/cut_fraction"] = len(cut) / max(len(rollouts), 1)
+            # An upper bound: a cut rollout might have stopped on its own before the full limit.
+            log["cutoff/tokens_saved"] = sum(
+                (self.cfg.rollout.max_new_tokens - limit)
+                * sum(r.finish_reason is FinishReason.CUTOFF for r in g)
+                for limit, g in zip(limits, groups, strict=True)
+            )
+            log["cutoff/mean_limit"] = _mean([float(x) for x in limits])
+        return log
 
     # ---------------------------------------------------------------- pieces the step composes
-    def _solution_ids(self, problem: Problem) -> list[int]:
-        return encode_user_message(self.tokenizer, solution_prompt(problem.prompt, DEFAULT_SOLUTION_TEMPLATE))
+    def _solution_ids(self, problem: Problem, hints: list[str] | None = None) -> list[int]:
+        return encode_user_message(
+            self.tokenizer, solution_prompt(problem.prompt, DEFAULT_SOLUTION_TEMPLATE, hints)
+        )
+
+    def _meta_ids(self, problem: Problem) -> list[int]:
+        mc = self.cfg.meta
+        text = build_meta_prompt(
+            problem.prompt,
+            pass_rate_scale=mc.pass_rate_scale,
+            max_response_tokens=self.cfg.rollout.max_new_tokens,
+            min_length=mc.min_length,
+            notion_word=mc.notion_word,
+        )
+        return encode_user_message(self.tokenizer, text)
 
     def _decode(self, rollouts: list[Rollout]) -> list[str]:
         return self.tokenizer.batch_decode([r.completion_ids for r in rollouts], skip_special_tokens=True)
 
-    def _score(self, problem: Problem, rollouts: list[Rollout]) -> list[float]:
-        texts = self._decode(rollouts)
+    def _score(self, problem: Problem, texts: list[str], rollouts: list[Rollout]) -> list[float]:
         if self.reward_fn is not None:
             return [float(x) for x in self.reward_fn(problem, texts, rollouts)]
         return solution_rewards(
@@ -212,6 +330,212 @@ class Trainer:
             fallback=self.cfg.data.answer_fallback,
             timeout_s=self.cfg.data.verify_timeout_s,
         )
+
+    def _meta_rollouts(self, problems: list[Problem]) -> list[list[MetaRollout]]:
+        if not problems:
+            return []
+        mc = self.cfg.meta
+        params = SamplingParams(self.cfg.rollout.temperature, self.cfg.rollout.top_p, mc.max_new_tokens)
+        groups = self.engine.generate([self._meta_ids(p) for p in problems], mc.n, params)
+        return [
+            [
+                MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))
+                for r, text in zip(group, self._decode(group), strict=True)
+            ]
+            for group in groups
+        ]
+
+    def _meta_rewards(self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats) -> list:
+        mc = self.cfg.meta
+        return [
+            meta_reward(
+                m.prediction,
+                problem.prompt,
+                stats,
+                scale=mc.pass_rate_scale,
+                base=mc.reward_base,
+                weights=self.meta_weights,
+            )
+            for m in metas
+        ]
+
+    def _predict_and_gate(
+        self, problems: list[Problem]
+    ) -> tuple[list[Problem], list[list[MetaRollout]], list[GateDecision | None], dict[str, float]]:
+        """Meta rollouts first, then the gate; gated problems are replaced by fresh ones for a few rounds."""
+        wanted = len(problems)
+        kept: list[tuple[Problem, list[MetaRollout], GateDecision]] = []
+        self._gated_meta_rollouts = []
+        examined = gated = 0
+        candidates = problems
+        for round_index in range(self.cfg.efficient.refill_rounds + 1):
+            for problem, group in zip(candidates, self._meta_rollouts(candidates), strict=True):
+                decision = self.gate.decide([self._fraction(m) for m in group])
+                examined += 1
+                if decision.rolled_out:
+                    kept.append((problem, group, decision))
+                else:
+                    gated += 1
+                    # Its meta rollouts cost tokens but get no reward and stay out of the update.
+                    self._gated_meta_rollouts.extend(m.rollout for m in group)
+            missing = wanted - len(kept)
+            if missing <= 0 or round_index == self.cfg.efficient.refill_rounds:
+                break
+            candidates = self.sampler.take(missing)
+        log = {
+            "gate/examined": examined,
+            "gate/gated": gated,
+            "gate/gated_fraction": gated / max(examined, 1),
+            "gate/audited": sum(d.audited for _, _, d in kept),
+            "gate/batch_shortfall": wanted - len(kept),
+        }
+        return [p for p, _, _ in kept], [m for _, m, _ in kept], [d for _, _, d in kept], log
+
+    def _fraction(self, meta: MetaRollout) -> float | None:
+        return meta.prediction.pass_rate_fraction(self.cfg.meta.pass_rate_scale)
+
+    def _cutoff_limit(self, metas: list[MetaRollout]) -> int:
+        e = self.cfg.efficient
+        max_tokens = self.cfg.rollout.max_new_tokens
+        return cutoff_limit(
+            [m.prediction.solution_length for m in metas],
+            factor=e.cutoff_factor,
+            min_tokens=min(e.cutoff_min_tokens, max_tokens),
+            max_tokens=max_tokens,
+            aggregate=e.cutoff_aggregate,
+        )
+
+    @staticmethod
+    def _hints(metas: list[MetaRollout]) -> list[str]:
+        """Concepts predicted by at least two meta rollouts, most frequent first (at most five).
+
+        The paper takes the best-scoring rollout's notions, but notion scores need solutions, which the
+        sequential stage has not generated yet; agreement between predictions is the signal available.
+        """
+        counts = Counter(
+            n.strip().lower() for m in metas for n in set(m.prediction.notions or []) if n.strip()
+        )
+        return [notion for notion, count in counts.most_common(5) if count >= 2]
+
+    def _in_sequential_stage(self) -> bool:
+        if self.cfg.algo.name != "masa-efficient":
+            return False
+        e = self.cfg.efficient
+        if self.sequential_since is None and (
+            (e.switch == "steps" and self.step >= e.warmup_steps)
+            or (e.switch == "precision" and self.shadow_streak >= e.switch_patience)
+        ):
+            self.sequential_since = self.step
+            self.console.print(
+                f"[bold]step {self.step + 1}: entering the sequential stage (gating, cutoff)[/]"
+            )
+        return self.sequential_since is not None
+
+    def _shadow_gate(self, metas: list[list[MetaRollout]], zero_variance: list[bool]) -> dict[str, float]:
+        """In the parallel stage, what the gate would have decided, scored against the real outcomes."""
+        e = self.cfg.efficient
+        would = [
+            would_gate([self._fraction(m) for m in group], e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)
+            for group in metas
+        ]
+        hits = sum(w and z for w, z in zip(would, zero_variance, strict=True))
+        precision = hits / sum(would) if any(would) else math.nan
+        self.shadow_streak = self.shadow_streak + 1 if precision >= e.switch_precision else 0
+        return {
+            "gate/shadow_gated_fraction": sum(would) / max(len(would), 1),
+            "gate/shadow_precision": precision,
+            "gate/shadow_recall": hits / sum(zero_variance) if any(zero_variance) else math.nan,
+        }
+
+    def _gate_metrics(self) -> dict[str, float]:
+        window = self.gate.metrics()
+        total = self.gate.metrics(cumulative=True)
+        self.gate.reset_metrics()
+        return {
+            "gate/precision": window["precision"],
+            "gate/recall": window["recall"],
+            "gate/precision_cumulative": total["precision"],
+            "gate/recall_cumulative": total["recall"],
+            "gate/f1_cumulative": total["f1"],
+        }
+
+    def _expert_sft(
+        self, problems: list[Problem], metas: list[list[MetaRollout]], stats: list[SolutionStats]
+    ) -> dict[str, float]:
+        """Buffer corrected expert meta trajectories; every K steps, one supervised step on a sample."""
+        mc = self.cfg.meta
+        added = 0
+        for problem, group, st in zip(problems, metas, stats, strict=True):
+            target = self._expert_target(problem, group, st)
+            if target is not None:
+                self.expert_buffer.append(target)
+                added += 1
+        del self.expert_buffer[: -mc.expert_buffer]
+        log: dict[str, float] = {"expert/targets_added": added, "expert/buffer": len(self.expert_buffer)}
+        if (self.step + 1) % mc.expert_every or not self.expert_buffer:
+            return log
+        picks = self.update_rng.sample(self.expert_buffer, min(mc.expert_batch, len(self.expert_buffer)))
+        log["expert/sft_loss"] = sft_step(
+            self.model,
+            self.sft_optimizer,
+            [TrainSequence(prompt, target, 0.0) for prompt, target in picks],
+            pad_id=self.tokenizer.pad_token_id,
+            micro_batch_sequences=self.cfg.algo.micro_batch_sequences,
+            grad_clip=self.cfg.algo.grad_clip,
+            autocast_dtype=self.autocast_dtype,
+        )
+        return log
+
+    def _expert_target(
+        self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats
+    ) -> tuple[list[int], list[int]] | None:
+        mc = self.cfg.meta
+        notion_scores = [notion_reward(m.prediction.notions, problem.prompt, stats) for m in metas]
+        best = select_expert_meta(
+            [m.text for m in metas], [m.prediction for m in metas], notion_scores, mc.expert_threshold
+        )
+        if best is None and not mc.expert_fallback:
+            return None
+        chosen = metas[best] if best is not None else None
+        text = build_expert_target(
+            chosen.text if chosen else None,
+            stats,
+            chosen.prediction.notions if chosen else None,
+            scale=mc.pass_rate_scale,
+            max_response_tokens=self.cfg.rollout.max_new_tokens,
+            min_length=mc.min_length,
+            notion_word=mc.notion_word,
+        )
+        target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return self._meta_ids(problem), target
+
+    def _log_predictions(
+        self,
+        problems: list[Problem],
+        metas: list[list[MetaRollout]],
+        stats: list[SolutionStats],
+        decisions: list[GateDecision | None],
+        sequential: bool,
+    ) -> None:
+        if not metas:
+            return
+        rows = []
+        for problem, group, st, decision in zip(problems, metas, stats, decisions, strict=True):
+            rows.append(
+                {
+                    "step": self.step + 1,
+                    "problem_id": problem.id,
+                    "difficulty": problem.difficulty,
+                    "actual_pass_rate": st.pass_rate,
+                    "predicted_pass_rates": [self._fraction(m) for m in group],
+                    "correct_length_range": None if st.l_min is None else [st.l_min, st.l_max],
+                    "predicted_lengths": [m.prediction.solution_length for m in group],
+                    "predicted_notions": [m.prediction.notions for m in group],
+                    "stage": "sequential" if sequential else "parallel",
+                    "gated": bool(decision and decision.gated),
+                }
+            )
+        append_jsonl(self.run_dir / PREDICTIONS_FILE, rows)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, loop
     def evaluate(self) -> dict[str, float]:
@@ -247,6 +571,11 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "update_rng": self.update_rng.getstate(),
             "elapsed": self.elapsed,
+            "gate": self.gate.state_dict(),
+            "sequential_since": self.sequential_since,
+            "shadow_streak": self.shadow_streak,
+            "expert_buffer": self.expert_buffer,
+            "sft_optimizer": self.sft_optimizer.state_dict() if self.sft_optimizer else None,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -256,6 +585,12 @@ class Trainer:
         self.update_rng.setstate(state["update_rng"])
         self.elapsed = state["elapsed"]
         self.step = state["step"]
+        self.gate.load_state_dict(state["gate"])
+        self.sequential_since = state["sequential_since"]
+        self.shadow_streak = state["shadow_streak"]
+        self.expert_buffer = state["expert_buffer"]
+        if self.sft_optimizer is not None and state["sft_optimizer"] is not None:
+            self.sft_optimizer.load_state_dict(state["sft_optimizer"])
         set_rng_state(state["rng"])
 
     def save(self) -> Path:
@@ -349,6 +684,10 @@ def load_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a masa run folder (no {CONFIG_FILE})")
     return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _share(rollouts: list[Rollout], reason: FinishReason) -> float:

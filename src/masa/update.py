@@ -204,9 +204,9 @@ def policy_update(
     for _ in range(settings.ppo_epochs):
         for normaliser, micro in plans if len(plans) == 1 else rng.sample(plans, len(plans)):
             if not micro:
-                # No learning signal in this mini-batch: the weights stay as they are, the schedule moves on.
+                # No learning signal in this mini-batch: no optimiser step, so the weights (and the
+                # warm-up, which counts optimiser steps) stay where they are.
                 skipped += 1
-                scheduler.step()
                 continue
             optimizer.zero_grad(set_to_none=True)
             for key in micro:
@@ -241,3 +241,37 @@ def policy_update(
     metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
     metrics["update/lr"] = scheduler.get_last_lr()[0]
     return metrics
+
+
+def sft_step(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    sequences: Sequence[TrainSequence],
+    *,
+    pad_id: int,
+    micro_batch_sequences: int = 16,
+    grad_clip: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """One supervised step: token-mean cross-entropy on the completion tokens only; returns the loss."""
+    device = next(model.parameters()).device
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    total_tokens = float(max(sum(len(s.completion_ids) for s in sequences), 1))
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for start in range(0, len(sequences), micro_batch_sequences):
+        batch = pack(sequences[start : start + micro_batch_sequences], pad_id, device)
+        with autocast:
+            logprobs = token_logprobs(model, batch)
+        loss = -(logprobs * batch.completion_mask).sum() / total_tokens
+        loss.backward()
+        loss_sum += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
