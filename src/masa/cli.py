@@ -48,16 +48,209 @@ def _run_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from masa.eval.benchmarks import ARITHMETIC, DATA_DIR_ENV, REGISTRY
+
+    named = "\n".join(
+        f"  {spec.name:<14} {spec.description}; hub {spec.hub_id} (split {spec.split}); "
+        f"local file {spec.local_stems[0]}.parquet"
+        for spec in REGISTRY.values()
+    )
+    p = sub.add_parser(
+        "eval",
+        help="pass@k of a model on benchmarks, optionally with meta-awareness analysis",
+        description=(
+            "Sample N solutions per problem, check them, and report unbiased pass@k; with --meta also ask for\n"
+            "M meta predictions per problem and measure how well they predict the model's own solutions.\n"
+            "Examples:\n"
+            "  masa eval smollm2-135m-instruct --benchmark arithmetic --n 8 --k 1 8 --out evals/base\n"
+            "  masa eval runs/masa-1/final --benchmark aime25 amc23 --data-dir ../data --n 32 --k 1 8 --out evals/m\n"
+            "  masa eval runs/masa-1/final --benchmark math --levels 1 2 --limit 200 --meta --out evals/m-math\n"
+            "  masa eval runs/masa-1/final --benchmark my_problems.jsonl --out evals/mine --resume"
+        ),
+        epilog=(
+            f"benchmarks: {ARITHMETIC!r} (the built-in held-out arithmetic split), a .jsonl/.json/.csv/.parquet\n"
+            "file (verl layout detected), or one of these names:\n"
+            f"{named}\n"
+            f"Named benchmarks are read from a local copy in --data-dir (or ${DATA_DIR_ENV}) when one exists,\n"
+            "else from the Hugging Face hub (needs network and `pip install masa[hub]`); hub ids may change."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="built-in name, hub id, or a model folder (a run's final/ or a checkpoint)")
+    p.add_argument(
+        "--benchmark",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="NAME_OR_FILE",
+        help="benchmark name or problem file; repeat or list several",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--n", type=int, default=8, help="samples per problem (default 8; the paper uses 32)")
+    p.add_argument("--k", type=int, nargs="+", default=[1], help="k values of pass@k, each <= n (default 1)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest completion in tokens (default 512)")
+    p.add_argument("--limit", type=int, help="evaluate only the first L problems of each benchmark")
+    p.add_argument(
+        "--levels", type=int, nargs="+", help="keep problems of these difficulty levels (MATH, arithmetic)"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, help=f"folder with local benchmark copies (default ${DATA_DIR_ENV})"
+    )
+    p.add_argument("--meta", action="store_true", help="also sample meta predictions and analyse them")
+    p.add_argument(
+        "--meta-n", type=int, default=8, help="meta predictions per problem with --meta (default 8)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded at once (default 64)")
+    p.add_argument(
+        "--answer-fallback",
+        choices=("last_number", "none"),
+        default="last_number",
+        help="what counts as the answer when a completion has no \\boxed{} (default last_number)",
+    )
+
+
+def _run_eval(args: argparse.Namespace, console: Console) -> int:
+    from masa.eval.benchmarks import resolve_benchmark
+    from masa.eval.runner import (
+        RESULTS_FILE,
+        EvalSettings,
+        EvalSetupError,
+        check_out_dir,
+        evaluate_benchmark,
+        summary_tables,
+        write_results,
+    )
+    from masa.models import load_model, resolve_device
+
+    settings = EvalSettings(
+        model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        n=args.n,
+        ks=tuple(args.k),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        meta=args.meta,
+        meta_n=args.meta_n,
+        answer_fallback=args.answer_fallback,
+        max_batch_sequences=args.batch_size,
+    )
+    if args.limit is not None and args.limit < 1:
+        raise EvalSetupError(f"--limit must be at least 1, got {args.limit}")
+    # Everything the user can get wrong is checked before the model loads.
+    benchmarks = [
+        resolve_benchmark(b, data_dir=args.data_dir, levels=args.levels, limit=args.limit)
+        for b in dict.fromkeys(args.benchmark)
+    ]
+    folders = _unique_names([b.name for b in benchmarks])
+    for folder in folders:
+        check_out_dir(args.out / folder, settings, args.resume)
+    device = resolve_device(args.device)
+    console.print(f"loading {args.model} on {device}")
+    model, tokenizer = load_model(args.model, seed=args.seed)
+    model.to(device)
+    results = []
+    try:
+        for benchmark, folder in zip(benchmarks, folders, strict=True):
+            results.append(
+                evaluate_benchmark(
+                    model,
+                    tokenizer,
+                    benchmark.problems,
+                    settings,
+                    args.out / folder,
+                    name=folder,
+                    source=benchmark.source,
+                    resume=args.resume,
+                    console=console,
+                )
+            )
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]: finished problems are saved in {args.out}; "
+            "run the same command with --resume to continue"
+        )
+        return 130
+    path = write_results(args.out / RESULTS_FILE, settings, results)
+    for table in summary_tables(results):
+        console.print(table)
+    for result in results:
+        speed = result.throughput()
+        if speed["completions_per_second"] is not None:
+            console.print(
+                f"{result.name}: generated {speed['completions']} completions, {speed['tokens']} tokens in "
+                f"{speed['generation_seconds']:.1f}s: {speed['completions_per_second']:.2f} completions/s, "
+                f"{speed['tokens_per_second']:.1f} tokens/s"
+            )
+    console.print(f"results: {path}")
+    return 0
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Output folder names: two benchmarks with the same name (files in different folders) get -2, -3."""
+    used: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, suffix = name, 2
+        while candidate in used:
+            candidate, suffix = f"{name}-{suffix}", suffix + 1
+        used.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of training runs",
+        description="Write an HTML report (config, summary, curves, meta predictions) of one or more runs.",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="training run folders")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
+
+
+def _run_report(args: argparse.Namespace, console: Console) -> int:
+    from masa.report import write_report
+
+    console.print(f"report: {write_report(args.run_dirs, args.out)}")
+    return 0
+
+
+def _user_errors(command: str) -> tuple[type[Exception], ...]:
+    """Exceptions that mean the user asked for something impossible; imported only for the command run."""
+    errors: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, FileExistsError)
+    if command == "eval":
+        from masa.data.loaders import DataError
+        from masa.eval.benchmarks import BenchmarkError
+        from masa.eval.runner import EvalSetupError
+        from masa.models import ModelLoadError
+
+        errors += (DataError, BenchmarkError, EvalSetupError, ModelLoadError)
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="masa", description="MASA: meta-awareness via self-alignment RL")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _eval_parser(sub)
+    _report_parser(sub)
     args = parser.parse_args(argv)
     console = Console()
     try:
         if args.command == "train":
             return _run_train(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+        if args.command == "eval":
+            return _run_eval(args, console)
+        if args.command == "report":
+            return _run_report(args, console)
+    except _user_errors(args.command) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2
     return 1

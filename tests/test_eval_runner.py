@@ -1,0 +1,161 @@
+"""The evaluation runner: pass@k and meta metrics from known completions, incremental saving, resume."""
+
+import json
+
+import pytest
+
+from masa.data.problem import Problem
+from masa.eval.runner import (
+    PROBLEMS_FILE,
+    RESULTS_FILE,
+    EvalSettings,
+    EvalSetupError,
+    evaluate_benchmark,
+    summary_tables,
+    write_results,
+)
+from masa.rollout.types import FinishReason, Rollout
+
+PROBLEMS = [
+    Problem("add", "What is 2 + 3?", "5", {"difficulty": 1}),
+    Problem("mul", "What is 7 * 6?", "42", {"difficulty": 2}),
+]
+# Two of four right on "add", none on "mul" (a zero-variance group).
+SOLUTIONS = {
+    "2 + 3": ["So \\boxed{5}", "It is \\boxed{5}", "\\boxed{4}", "\\boxed{6}"],
+    "7 * 6": ["\\boxed{41}"] * 4,
+}
+META = '<meta>small sums</meta>{"math_notion": ["carry"], "pass_rate": 4, "solution_length": 5}'
+
+
+class ScriptedEngine:
+    """Returns fixed completions chosen by the problem in the prompt, and records what it was asked."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls: list[int] = []
+
+    def generate(self, prompts, n, params, max_tokens=None):
+        self.calls.append(len(prompts))
+        groups = []
+        for ids in prompts:
+            text = self.tokenizer.decode(ids)
+            if "Do not solve" in text:
+                completions = [META] * n
+            else:
+                completions = next(v for k, v in SOLUTIONS.items() if k in text)[:n]
+            groups.append([self._rollout(ids, c) for c in completions])
+        return groups
+
+    def _rollout(self, prompt_ids, text):
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return Rollout(list(prompt_ids), ids, [0.0] * len(ids), FinishReason.STOP)
+
+
+def _run(tiny, tmp_path, settings, **kwargs):
+    model, tokenizer = tiny
+    engine = kwargs.pop("engine", None) or ScriptedEngine(tokenizer)
+    result = evaluate_benchmark(
+        model, tokenizer, PROBLEMS, settings, tmp_path / "bench", engine=engine, **kwargs
+    )
+    return result, engine
+
+
+def test_k_larger_than_n_is_rejected_at_construction():
+    with pytest.raises(EvalSetupError, match=r"pass@8 needs at least 8 samples.*n is 4"):
+        EvalSettings(n=4, ks=(1, 8))
+
+
+def test_pass_at_k_and_per_problem_rows(tiny, tmp_path):
+    result, _ = _run(tiny, tmp_path, EvalSettings(n=4, ks=(1, 4), max_tokens=16))
+    assert [(row["id"], row["n"], row["c"]) for row in result.problems] == [("add", 4, 2), ("mul", 4, 0)]
+    assert result.pass_at_k[1].mean == pytest.approx(0.25)
+    assert result.pass_at_k[4].mean == pytest.approx(0.5)
+    first = result.problems[0]["completions"][0]
+    assert first["text"] == "So \\boxed{5}" and first["correct"] and first["finish_reason"] == "stop"
+    assert first["num_tokens"] > 0
+    assert result.meta is None and result.plots == []
+    saved = (tmp_path / "bench" / PROBLEMS_FILE).read_text().splitlines()
+    assert [json.loads(line)["id"] for line in saved] == ["add", "mul"]
+
+    path = write_results(tmp_path / RESULTS_FILE, result.settings, [result])
+    document = json.loads(path.read_text())
+    bench = document["benchmarks"]["bench"]
+    assert bench["pass_at_k"]["1"]["mean"] == pytest.approx(0.25)
+    assert set(bench["pass_at_k"]["4"]) == {"mean", "std", "stderr", "n_problems"}
+    assert bench["problems"][1]["completions"][0]["num_tokens"] > 0
+    assert document["settings"]["n"] == 4
+    assert len(summary_tables([result])) == 1
+
+
+def test_meta_metrics_and_plots(tiny, tmp_path):
+    result, engine = _run(tiny, tmp_path, EvalSettings(n=4, meta=True, meta_n=3, max_tokens=16))
+    meta = result.meta
+    assert meta["samples"] == 6 and meta["parse_rate"] == 1.0
+    # Both problems are predicted at 4/8; they score 2/4 and 0/4.
+    assert meta["pass_rate"]["mae"] == pytest.approx(0.25)
+    assert meta["pass_rate"]["pearson"] is None  # constant predictions
+    # "mul" is zero-variance, and no prediction is confident enough to gate it.
+    assert all(score["positives"] == 1 and score["gated"] == 0 for score in meta["gating"])
+    assert [score["sigma"] for score in meta["gating"]] == [0.05, 0.1, 0.15, 0.2, 0.3]
+    assert meta["cutoff"]["n_correct"] == 2 and meta["cutoff"]["n_incorrect"] == 6
+    assert [m["pass_rate"] for m in result.problems[0]["meta"]] == [4, 4, 4]
+    assert sorted(p.name for p in result.plots) == [
+        "calibration.png",
+        "cutoff_histograms.png",
+        "gating_vs_sigma.png",
+        "length_scatter.png",
+        "pass_rate_scatter.png",
+    ]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)
+    assert len(summary_tables([result])) == 2
+    # One solution call and one meta call for the single batch.
+    assert engine.calls == [2, 2]
+
+
+def test_resume_redoes_nothing_finished(tiny, tmp_path):
+    settings = EvalSettings(n=4, meta=True, meta_n=2, max_tokens=16)
+    first, _ = _run(tiny, tmp_path, settings)
+
+    again, engine = _run(tiny, tmp_path, settings, resume=True)
+    assert engine.calls == []
+    assert again.resumed_problems == 2
+    assert again.problems == first.problems
+
+    # Only "add" survived the interruption: only "mul" is generated.
+    path = tmp_path / "bench" / PROBLEMS_FILE
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    partial, engine = _run(tiny, tmp_path, settings, resume=True)
+    assert engine.calls == [1, 1]
+    assert [row["id"] for row in partial.problems] == ["add", "mul"]
+    assert partial.pass_at_k[1].mean == pytest.approx(0.25)
+
+
+def test_a_row_cut_short_by_a_kill_is_redone(tiny, tmp_path):
+    settings = EvalSettings(n=4, max_tokens=16)
+    _run(tiny, tmp_path, settings)
+    path = tmp_path / "bench" / PROBLEMS_FILE
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:20])
+
+    resumed, engine = _run(tiny, tmp_path, settings, resume=True)
+    assert engine.calls == [1]
+    assert [row["id"] for row in resumed.problems] == ["add", "mul"]
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["add", "mul"]
+
+
+def test_resume_refuses_other_settings_and_a_fresh_run_refuses_old_results(tiny, tmp_path):
+    _run(tiny, tmp_path, EvalSettings(n=4, max_tokens=16))
+    with pytest.raises(EvalSetupError, match=r"n: saved 4, now 2"):
+        _run(tiny, tmp_path, EvalSettings(n=2, max_tokens=16), resume=True)
+    with pytest.raises(EvalSetupError, match="--resume"):
+        _run(tiny, tmp_path, EvalSettings(n=4, max_tokens=16))
+    # Which k are summarised does not change the samples, so it may differ.
+    resumed, _ = _run(tiny, tmp_path, EvalSettings(n=4, ks=(1, 2), max_tokens=16), resume=True)
+    assert sorted(resumed.pass_at_k) == [1, 2]
+
+
+def test_duplicate_ids_are_rejected(tiny, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(EvalSetupError, match="duplicate problem id 'add'"):
+        evaluate_benchmark(model, tokenizer, [PROBLEMS[0]] * 2, EvalSettings(n=1), tmp_path)

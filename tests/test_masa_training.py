@@ -1,0 +1,171 @@
+"""MASA and MASA-efficient training steps on the tiny model with scripted rollouts."""
+
+import json
+
+import pytest
+import torch
+
+import masa.trainer as trainer_module
+from masa.advantages import group_advantages
+from masa.config import load_config
+from masa.meta.prompt import render_meta_json
+from masa.trainer import Trainer
+from scripted_engine import ScriptedEngine
+
+
+def _solution(problem, j):
+    # Level 1: always right. Level 5: always wrong. Level 3: long, right at the very end (early cutoff
+    # must kill it). Others: every other sample right.
+    level = problem.difficulty
+    right = f"The answer is \\boxed{{{problem.answer}}}"
+    wrong = "I guess \\boxed{-1}"
+    if level == 1:
+        return right
+    if level == 5:
+        return wrong
+    if level == 3:
+        return "let me think " * 12 + right
+    return right if j % 2 == 0 else wrong
+
+
+def _meta(problem, j):
+    level = problem.difficulty
+    if level == 1:
+        pass_rate, length = 8, 12
+    elif level == 5:
+        pass_rate, length = 0, 12
+    elif level == 3:
+        pass_rate, length = 2 + j % 5, 10  # predicts a short solution: the cutoff limit is 2 x 10 tokens
+    else:
+        pass_rate, length = [1, 4, 7][j % 3], 12
+    return "<meta>thinking about it</meta>" + render_meta_json(["answer"], pass_rate, length)
+
+
+def _trainer(tmp_path, name, *overrides, run="r"):
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            f"train.output_dir={tmp_path}",
+            "data.eval=null",
+            f"algo={name}",
+            "train.batch_problems=4",
+            "rollout.n=4",
+            "meta.n=3",
+            "rollout.max_new_tokens=48",
+            "meta.max_new_tokens=48",
+            "efficient.cutoff_min_tokens=4",
+            "efficient.audit_fraction=0",
+            *overrides,
+        ],
+    )
+    trainer = Trainer(cfg, run_dir=tmp_path / run)
+    trainer.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _meta)
+    return trainer
+
+
+def _record_updates(monkeypatch):
+    seen = []
+    real = trainer_module.policy_update
+
+    def recording(model, optimizer, scheduler, sequences, *args, **kwargs):
+        seen.append(list(sequences))
+        return real(model, optimizer, scheduler, sequences, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "policy_update", recording)
+    return seen
+
+
+def test_masa_step_trains_solutions_and_metas_in_separate_groups(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[2,3,4]")
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    logs = [trainer.train_step() for _ in range(2)]
+    trainer.step = 2
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+    for sequences in seen:
+        metas = [s for s in sequences if s.kind == "meta"]
+        solutions = [s for s in sequences if s.kind == "solution"]
+        assert len(solutions) == 4 * 4 and len(metas) == 4 * 3
+        # Each problem's 3 meta rollouts form their own group: advantages sum to 0 within it.
+        for start in range(0, len(metas), 3):
+            assert sum(s.advantage for s in metas[start : start + 3]) == pytest.approx(0.0, abs=1e-9)
+        assert any(s.advantage != 0 for s in metas)
+        assert any(s.advantage != 0 for s in solutions)
+    for log, sequences in zip(logs, seen, strict=True):
+        assert log["meta/parse_rate"] == 1.0
+        # Both kinds reach the backward pass: every non-zero-advantage sequence, solution or meta, is trained.
+        assert log["update/trained_sequences"] == sum(s.advantage != 0 for s in sequences)
+    assert not torch.equal(before, after)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "meta_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 4
+    assert all(len(r["predicted_pass_rates"]) == 3 for r in rows)
+
+
+def test_meta_advantages_are_the_group_normalised_meta_rewards(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]")
+    trainer.train_step()
+    metas = [s for s in seen[0] if s.kind == "meta"]
+    # Level 4: 2 of 4 solutions right (p = 0.5) and lengths equal; predictions 1/8, 4/8, 7/8 of the way,
+    # so only the pass-rate component differs: 0.01 ** 0.375, 1, 0.01 ** 0.375. The notion "answer" is
+    # named by the right solutions only (reward 1); every length prediction hits the correct length.
+    pass_reward = 0.01 ** (3 / 8)
+    expected = group_advantages([[(1 + pass_reward + 1) / 3, (1 + 1 + 1) / 3, (1 + pass_reward + 1) / 3]])
+    for start in range(0, len(metas), 3):
+        got = [s.advantage for s in metas[start : start + 3]]
+        assert got == pytest.approx(expected.advantages[0])
+
+
+def test_sequential_stage_gates_and_cuts(tmp_path):
+    trainer = _trainer(
+        tmp_path, "masa-efficient", "efficient.warmup_steps=1", "data.arithmetic_levels=[1,3,4,5]"
+    )
+    engine = trainer.engine
+    first = trainer.train_step()
+    trainer.step = 1
+    assert first["stage/sequential"] == 0.0
+    # The parallel stage rolls out solutions for every problem, trivial and impossible ones included.
+    assert {p.difficulty for p in engine.solution_calls[0]} <= {1, 3, 4, 5}
+
+    engine.solution_calls.clear()
+    log = trainer.train_step()
+    assert log["stage/sequential"] == 1.0
+    rolled_out = [p for call in engine.solution_calls for p in call]
+    # Predicted trivial (level 1) and unsolvable (level 5) problems get no solution rollouts at all.
+    assert rolled_out and all(p.difficulty in (3, 4) for p in rolled_out)
+    assert log["gate/gated"] > 0
+    # Level 3 solutions are right but run past 2 x the predicted 10 tokens: cut off and scored 0.
+    level3 = sum(p.difficulty == 3 for p in rolled_out)
+    level4 = sum(p.difficulty == 4 for p in rolled_out)
+    assert log["cutoff/cut_fraction"] == pytest.approx(level3 / (level3 + level4))
+    assert log["reward/solution"] == pytest.approx(0.5 * level4 / (level3 + level4))
+    assert log["cutoff/mean_limit"] <= 48
+
+
+def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
+    trainer = _trainer(
+        tmp_path, "masa", "meta.expert_sft=true", "meta.expert_lr=1e-2", "data.arithmetic_levels=[4]"
+    )
+    trainer.train_step()
+    assert len(trainer.expert_buffer) == 4
+    prompt, target = trainer.expert_buffer[0]
+    text = trainer.tokenizer.decode(target, skip_special_tokens=True)
+    # The target keeps the expert's reasoning and states the true statistics: 2 of 4 right -> 4 of 8.
+    assert "<meta>thinking about it</meta>" in text
+    assert '"pass_rate": 4' in text
+
+    from masa.update import TrainSequence, pack, token_logprobs
+
+    batch = pack([TrainSequence(p, t, 0.0) for p, t in trainer.expert_buffer], trainer.tokenizer.pad_token_id)
+
+    def nll():
+        with torch.no_grad():
+            lp = token_logprobs(trainer.model, batch)
+        return float(-(lp * batch.completion_mask).sum() / batch.completion_mask.sum())
+
+    start = nll()
+    for step in range(3):
+        trainer.step = step
+        trainer._expert_sft([], [], [])
+    assert nll() < start - 0.5
