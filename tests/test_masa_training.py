@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from scripted_engine import ScriptedEngine
 
 import masa.trainer as trainer_module
 from masa.advantages import group_advantages
 from masa.config import load_config
 from masa.meta.prompt import render_meta_json
 from masa.trainer import Trainer
-from scripted_engine import ScriptedEngine
 
 
 def _solution(problem, j):
