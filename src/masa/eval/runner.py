@@ -3,7 +3,9 @@
 Every finished batch of problems is appended to ``problems.jsonl`` in the output folder and flushed, so an
 interrupted run loses at most the batch in progress. ``resume=True`` skips the problems already there,
 after checking that the settings saved next to them match; the summary is always computed from the saved
-rows, so a resumed run reports the same way as an uninterrupted one.
+rows, so a resumed run reports the same way as an uninterrupted one. Torch is reseeded at every start, so
+a resumed run draws other samples for the remaining problems than the uninterrupted run would have; each
+problem's samples are still independent draws, so pass@k stays unbiased.
 
 With meta predictions on, each problem also gets M meta rollouts, and the summary measures how well they
 predicted that problem's own solutions (the paper's meta-awareness analysis). A problem's predicted pass
