@@ -34,6 +34,27 @@ class GateReason(StrEnum):
     UNCERTAIN = "uncertain"  # agree, but on a pass rate that should give a mixed group
 
 
+GATING_REASONS = (GateReason.PREDICTED_UNSOLVABLE, GateReason.PREDICTED_TRIVIAL)
+
+
+def gate_reason(
+    parsed: list[float], sigma: float, tolerance: float, min_parsed: int
+) -> tuple[GateReason, float | None, float | None]:
+    """The gating rule itself, pure: why a problem with these parsed predicted pass rates is (not) gated."""
+    if not parsed:
+        return GateReason.TOO_FEW_PARSED, None, None
+    mean, std = _mean_std(parsed)
+    if len(parsed) < min_parsed:
+        return GateReason.TOO_FEW_PARSED, mean, std
+    if std >= sigma:
+        return GateReason.SPREAD, mean, std
+    if mean <= tolerance:
+        return GateReason.PREDICTED_UNSOLVABLE, mean, std
+    if mean >= 1 - tolerance:
+        return GateReason.PREDICTED_TRIVIAL, mean, std
+    return GateReason.UNCERTAIN, mean, std
+
+
 @dataclass(frozen=True)
 class GateDecision:
     gated: bool
@@ -85,18 +106,8 @@ class PredictiveGate:
         parsed = [x for x in pass_rate_fractions if x is not None]
         if any(not 0 <= x <= 1 for x in parsed):
             raise ValueError(f"pass-rate fractions must lie in [0, 1], got {parsed}")
-        mean, std = _mean_std(parsed) if parsed else (None, None)
-        if mean is None or std is None or len(parsed) < self.min_parsed:
-            reason = GateReason.TOO_FEW_PARSED
-        elif std >= self.sigma:
-            reason = GateReason.SPREAD
-        elif mean <= self.tolerance:
-            reason = GateReason.PREDICTED_UNSOLVABLE
-        elif mean >= 1 - self.tolerance:
-            reason = GateReason.PREDICTED_TRIVIAL
-        else:
-            reason = GateReason.UNCERTAIN
-        gated = reason in (GateReason.PREDICTED_UNSOLVABLE, GateReason.PREDICTED_TRIVIAL)
+        reason, mean, std = gate_reason(parsed, self.sigma, self.tolerance, self.min_parsed)
+        gated = reason in GATING_REASONS
         # One draw per gated problem whatever audit_fraction is, so the RNG stream depends only on the
         # sequence of gate outcomes.
         audited = gated and self._rng.random() < self.audit_fraction

@@ -13,6 +13,8 @@ from typing import TypedDict
 
 import numpy as np
 
+from masa.efficient.gating import GATING_REASONS, gate_reason
+
 
 class PassRateAlignment(TypedDict):
     n: int  # parsed pairs
@@ -160,11 +162,8 @@ def would_gate(
         raise ValueError(f"min_parsed must be at least 1, got {min_parsed}")
     if not 0.0 <= tolerance < 0.5:
         raise ValueError(f"tolerance must lie in [0, 0.5), got {tolerance}")
-    parsed = [p for p in preds if p is not None]
-    if len(parsed) < min_parsed:
-        return False
-    mean = float(np.mean(parsed))
-    return float(np.std(parsed)) < sigma and (mean <= tolerance or mean >= 1.0 - tolerance)
+    reason, _, _ = gate_reason([p for p in preds if p is not None], sigma, tolerance, min_parsed)
+    return reason in GATING_REASONS
 
 
 def gating_scores(
