@@ -41,8 +41,8 @@ def _meta(problem, j):
     return "<meta>thinking about it</meta>" + render_meta_json(["answer"], pass_rate, length)
 
 
-def _trainer(tmp_path, name, *overrides, run="r"):
-    cfg = load_config(
+def _config(tmp_path, name, *overrides):
+    return load_config(
         "tiny",
         overrides=[
             f"train.output_dir={tmp_path}",
@@ -58,7 +58,10 @@ def _trainer(tmp_path, name, *overrides, run="r"):
             *overrides,
         ],
     )
-    trainer = Trainer(cfg, run_dir=tmp_path / run)
+
+
+def _trainer(tmp_path, name, *overrides, run="r", resume=False):
+    trainer = Trainer(_config(tmp_path, name, *overrides), run_dir=tmp_path / run, resume=resume)
     trainer.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _meta)
     return trainer
 
@@ -169,3 +172,77 @@ def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
         trainer.step = step
         trainer._expert_sft([], [], [])
     assert nll() < start - 0.5
+
+
+def test_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
+    # Every problem is predicted trivial or unsolvable: all are gated, refills run out, nothing is rolled out.
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.warmup_steps=0",
+        "efficient.refill_rounds=2",
+        "data.arithmetic_levels=[1,5]",
+    )
+    log = trainer.train_step()
+    assert sum(len(call) for call in trainer.engine.solution_calls) == 0
+    assert log["gate/examined"] == 4 * 3  # the batch, then two refill rounds of 4
+    assert log["gate/gated"] == log["gate/skipped"] == 12
+    assert log["gate/batch_shortfall"] == 4
+    assert log["tokens/solution"] == 0 and log["tokens/meta"] > 0
+    assert log["update/trained_sequences"] == 0
+
+
+def test_audited_problems_are_rolled_out_and_measure_precision(tmp_path):
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.warmup_steps=0",
+        "efficient.audit_fraction=1.0",
+        "data.arithmetic_levels=[1,4,5]",
+    )
+    log = trainer.train_step()
+    rolled_out = [p.difficulty for call in trainer.engine.solution_calls for p in call]
+    assert 1 in rolled_out or 5 in rolled_out
+    # Every gated problem was audited, and the script makes them truly all-right or all-wrong.
+    assert log["gate/audited"] == log["gate/gated"] > 0
+    assert log["gate/precision"] == 1.0
+
+
+def test_precision_switch_enters_the_sequential_stage_after_patience(tmp_path):
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.switch=precision",
+        "efficient.switch_patience=2",
+        "efficient.switch_precision=0.9",
+        "data.arithmetic_levels=[1,4,5]",
+    )
+    stages = []
+    for step in range(4):
+        log = trainer.train_step()
+        trainer.step = step + 1
+        stages.append(log["stage/sequential"])
+        if not log["stage/sequential"]:
+            assert log["gate/shadow_precision"] == 1.0
+    assert stages == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_resumed_masa_efficient_run_makes_the_same_gating_decisions(tmp_path):
+    common = ["efficient.warmup_steps=1", "efficient.audit_fraction=0.5", "data.arithmetic_levels=[1,3,4,5]"]
+
+    def run(name, steps, resume=False):
+        overrides = (f"train.steps={steps}", "train.save_every=2", *common)
+        trainer = _trainer(tmp_path, "masa-efficient", *overrides, run=name, resume=resume)
+        trainer.fit()
+        rows = (tmp_path / name / "meta_predictions.jsonl").read_text().splitlines()
+        metrics = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [json.loads(x) for x in rows], metrics
+
+    full_rows, full_metrics = run("full", 5)
+    run("split", 2)
+    split_rows, split_metrics = run("split", 5, resume=True)
+    assert split_rows == full_rows
+    keys = ("gate/gated", "gate/audited", "gate/examined", "reward/solution", "update/loss")
+    assert [{k: m.get(k) for k in keys} for m in split_metrics] == [
+        {k: m.get(k) for k in keys} for m in full_metrics
+    ]

@@ -366,16 +366,17 @@ class Trainer:
         wanted = len(problems)
         kept: list[tuple[Problem, list[MetaRollout], GateDecision]] = []
         self._gated_meta_rollouts = []
-        examined = gated = 0
+        examined = gated = skipped = 0
         candidates = problems
         for round_index in range(self.cfg.efficient.refill_rounds + 1):
             for problem, group in zip(candidates, self._meta_rollouts(candidates), strict=True):
                 decision = self.gate.decide([self._fraction(m) for m in group])
                 examined += 1
+                gated += decision.gated
                 if decision.rolled_out:
                     kept.append((problem, group, decision))
                 else:
-                    gated += 1
+                    skipped += 1
                     # Its meta rollouts cost tokens but get no reward and stay out of the update.
                     self._gated_meta_rollouts.extend(m.rollout for m in group)
             missing = wanted - len(kept)
@@ -386,6 +387,7 @@ class Trainer:
             "gate/examined": examined,
             "gate/gated": gated,
             "gate/gated_fraction": gated / max(examined, 1),
+            "gate/skipped": skipped,
             "gate/audited": sum(d.audited for _, _, d in kept),
             "gate/batch_shortfall": wanted - len(kept),
         }
