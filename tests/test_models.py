@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+import masa.models as models
+
+
+def test_interrupted_conversion_leaves_no_cache_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASA_CACHE", str(tmp_path))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-conversion
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        models.embedded_smollm2_path()
+    leftovers = list((tmp_path / "models").iterdir())
+    assert leftovers == []  # neither a half-written target nor the temporary folder
+
+
+def test_a_folder_without_the_completion_marker_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASA_CACHE", str(tmp_path))
+    half_written = models.embedded_cache_dir(models.embedded_gguf_path())
+    half_written.mkdir(parents=True)
+    (half_written / "config.json").write_text("{truncated")
+    path = models.embedded_smollm2_path()
+    assert path == half_written
+    assert (path / "model.safetensors").is_file()
+    assert (path / "config.json").read_text().startswith("{\n")
+
+
+def test_embedded_model_is_plain_and_trainable():
+    model, tokenizer = models.load_model(models.SMOLLM2)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    assert tokenizer.chat_template and tokenizer.padding_side == "left"
+
+
+def test_unknown_model_names_fail_clearly(tmp_path):
+    with pytest.raises(models.ModelLoadError, match="not a built-in"):
+        models.load_model(str(tmp_path / "nowhere"))
+
+
+def test_autocast_choice():
+    assert models.resolve_autocast("fp32", torch.device("cpu")) is None
+    assert models.resolve_autocast("bf16", torch.device("cpu")) is torch.bfloat16
