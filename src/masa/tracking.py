@@ -7,6 +7,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "meta_predictions.jsonl"
 
@@ -114,3 +124,15 @@ def format_step_line(step: int, metrics: dict[str, Any]) -> str:
         if isinstance(value, int | float) and math.isfinite(value):
             parts.append(f"{label} {fmt.format(value)}")
     return " | ".join(parts)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar training and evaluation share."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

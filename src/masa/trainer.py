@@ -19,14 +19,6 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
@@ -50,7 +42,7 @@ from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solutio
 from masa.rewards import solution_rewards
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
-from masa.tracking import PREDICTIONS_FILE, MetricsWriter, append_jsonl, format_step_line
+from masa.tracking import PREDICTIONS_FILE, MetricsWriter, append_jsonl, format_step_line, progress_bar
 from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
 
 CONFIG_FILE = "config.yaml"
@@ -609,7 +601,7 @@ class Trainer:
         cfg = self.cfg.train
         interrupted = False
         try:
-            with self._graceful_interrupt(), _progress(self.console) as progress:
+            with self._graceful_interrupt(), progress_bar(self.console) as progress:
                 task = progress.add_task("training", total=cfg.steps, completed=self.step)
                 if self.step == 0 and cfg.eval_every:
                     baseline = self.evaluate()
@@ -733,15 +725,3 @@ def _load_data(config: Config) -> tuple[list[Problem], list[Problem]]:
     else:
         evaluation = load_problems(d.eval, fields=fields, split=d.eval_split)
     return train, evaluation[: d.eval_size]
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )

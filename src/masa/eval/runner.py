@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -60,6 +59,7 @@ from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rollout.engine import HFEngine, RolloutEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.tracking import progress_bar
 from masa.verify import check_answers
 
 __all__ = [
@@ -255,7 +255,7 @@ def evaluate_benchmark(
     counters = _Counters()
     per_problem = max(settings.n, settings.meta_n if settings.meta else 0)
     batch_size = max(1, settings.max_batch_sequences // per_problem)
-    with _progress(console) as progress, (out / PROBLEMS_FILE).open("a", encoding="utf-8") as sink:
+    with progress_bar(console) as progress, (out / PROBLEMS_FILE).open("a", encoding="utf-8") as sink:
         task = progress.add_task(name, total=len(problems), completed=len(problems) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -609,13 +609,3 @@ def _atomic_write(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
