@@ -144,7 +144,6 @@ class Trainer:
         )
         self.sequential_since: int | None = None
         self.shadow_streak = 0
-        self._gated_meta_rollouts: list[Rollout] = []
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
         # Its own optimiser, so the supervised steps have their own learning rate and moments.
         self.sft_optimizer = (
@@ -252,11 +251,11 @@ class Trainer:
         self._log_predictions(problems, metas, stats, decisions, sequential)
 
         rollouts = [r for g in groups for r in g]
-        meta_rollouts = [m.rollout for g in metas for m in g]
-        if sequential:
-            meta_rollouts += self._gated_meta_rollouts
         solution_tokens = sum(r.num_tokens for r in rollouts)
-        meta_tokens = sum(r.num_tokens for r in meta_rollouts)
+        # Skipped problems' meta rollouts were paid for too.
+        meta_tokens = sum(m.rollout.num_tokens for g in metas for m in g) + gate_log.get(
+            "gate/skipped_meta_tokens", 0
+        )
         flat_rewards = [x for g in rewards for x in g]
         log = {
             "stage/sequential": float(sequential),
@@ -357,8 +356,7 @@ class Trainer:
         """Meta rollouts first, then the gate; gated problems are replaced by fresh ones for a few rounds."""
         wanted = len(problems)
         kept: list[tuple[Problem, list[MetaRollout], GateDecision]] = []
-        self._gated_meta_rollouts = []
-        examined = gated = skipped = 0
+        examined = gated = skipped = skipped_meta_tokens = 0
         candidates = problems
         for round_index in range(self.cfg.efficient.refill_rounds + 1):
             for problem, group in zip(candidates, self._meta_rollouts(candidates), strict=True):
@@ -370,7 +368,7 @@ class Trainer:
                 else:
                     skipped += 1
                     # Its meta rollouts cost tokens but get no reward and stay out of the update.
-                    self._gated_meta_rollouts.extend(m.rollout for m in group)
+                    skipped_meta_tokens += sum(m.rollout.num_tokens for m in group)
             missing = wanted - len(kept)
             if missing <= 0 or round_index == self.cfg.efficient.refill_rounds:
                 break
@@ -380,6 +378,7 @@ class Trainer:
             "gate/gated": gated,
             "gate/gated_fraction": gated / max(examined, 1),
             "gate/skipped": skipped,
+            "gate/skipped_meta_tokens": skipped_meta_tokens,
             "gate/audited": sum(d.audited for _, _, d in kept),
             "gate/batch_shortfall": wanted - len(kept),
         }
