@@ -28,6 +28,7 @@ def masa_seconds(precision: str, steps: int, args: argparse.Namespace) -> list[f
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(
             overrides=[
+                f"model.name={args.model}",
                 f"model.precision={precision}",
                 f"train.output_dir={tmp}",
                 "data.eval=null",
@@ -79,7 +80,7 @@ def trl_seconds(bf16: bool, steps: int, args: argparse.Namespace) -> list[float]
         def on_step_end(self, *_, **__):
             self.times.append(time.perf_counter() - self._start)
 
-    model, tokenizer = load_model("smollm2-135m-instruct")
+    model, tokenizer = load_model(args.model)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="tiny-random: a seconds-long smoke run"
+    )
     args = parser.parse_args()
 
     runs = {
@@ -138,6 +142,8 @@ def main() -> None:
     print("|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['median']:.1f} | {r['median'] / trl_default:.2f}x |")
+    if args.model != "smollm2-135m-instruct":
+        return
     out = ROOT / "results" / "grpo_vs_trl.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
