@@ -89,3 +89,32 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
         Trainer(_config(tmp_path), run_dir=run)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(_config(tmp_path), run_dir=run, resume=True)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path):
+    import os
+    import signal
+
+    calls = []
+
+    def interrupt_on_second_step(problem, texts, rollouts):
+        calls.append(problem.id)
+        if len(calls) == 3:  # inside step 2 (two problems per step): the user presses Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return _target_fraction(problem, texts, rollouts)
+
+    cfg = _config(tmp_path, "train.steps=4", "train.batch_problems=2")
+    result = Trainer(cfg, run_dir=tmp_path / "run", reward_fn=interrupt_on_second_step).fit()
+    assert result.interrupted and result.steps_completed == 2
+    assert (tmp_path / "run" / "checkpoints" / "step-2").is_dir()
+    assert not (tmp_path / "run" / "final").exists()
+    resumed = Trainer(cfg, run_dir=tmp_path / "run", resume=True, reward_fn=_target_fraction)
+    assert resumed.step == 2
+    assert resumed.fit().steps_completed == 4
+
+
+def test_bad_data_path_fails_at_start_up_naming_the_file(tmp_path):
+    from masa.data.loaders import DataError
+
+    with pytest.raises(DataError, match="missing.jsonl"):
+        Trainer(_config(tmp_path, f"data.train={tmp_path / 'missing.jsonl'}"), run_dir=tmp_path / "x")

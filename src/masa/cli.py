@@ -232,6 +232,12 @@ def _user_errors(command: str) -> tuple[type[Exception], ...]:
         from masa.models import ModelLoadError
 
         errors += (DataError, BenchmarkError, EvalSetupError, ModelLoadError)
+    if command == "train":
+        from masa.checkpoint import CheckpointError
+        from masa.data.loaders import DataError
+        from masa.models import ModelLoadError
+
+        errors += (DataError, ModelLoadError, CheckpointError)
     return errors
 
 
