@@ -24,7 +24,8 @@ ARMS = {
     "grpo": ["algo=grpo"],
     "masa": ["algo=masa"],
     "masa-sft": ["algo=masa", "meta.expert_sft=true"],
-    "masa-efficient": ["algo=masa-efficient", "meta.expert_sft=true"],
+    "masa-efficient": ["algo=masa-efficient"],
+    "masa-efficient-sft": ["algo=masa-efficient", "meta.expert_sft=true"],
 }
 
 
@@ -100,6 +101,10 @@ def run_arm(name: str, overrides: list[str], out_dir: Path, preset: str) -> dict
     }
 
 
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def time_to_reach(evals: list, target: float) -> float | None:
     return next((t for _, t, acc in evals if acc >= target), None)
 
@@ -129,10 +134,13 @@ def main() -> None:
         f"efficient.warmup_steps={args.steps // 2}",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    # Arms from earlier invocations are kept (and replaced when run again), so arms can be run separately.
+    summary = args.out.parent / f"{args.out.name}.json"
+    results = [r for r in _load(summary) if r["arm"] not in args.arms]
     for name in args.arms:
         results.append(run_arm(name, ARMS[name] + common, args.out, args.preset))
-        (args.out.parent / "compare_algorithms.json").write_text(json.dumps(results, indent=2))
+        summary.write_text(json.dumps(results, indent=2))
+    results.sort(key=lambda r: list(ARMS).index(r["arm"]))
 
     grpo = next((r for r in results if r["arm"] == "grpo"), None)
     print(
@@ -153,7 +161,7 @@ def main() -> None:
             if start is not None or end is not None:
                 print(f"| {r['arm']} | {key} | {fmt(start)} | {fmt(end)} |")
     for r in results:
-        if r["arm"] == "masa-efficient":
+        if r["arm"].startswith("masa-efficient"):
             print(
                 "\nMASA-efficient, sequential stage means:",
                 json.dumps(r["sequential"]),
