@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def run_arm(name: str, overrides: list[str], out_dir: Path, preset: str) -> dict
         f"train.output_dir={out_dir}",
         f"train.run_name={name}",
     ]
+    # Running an arm again replaces it, including a folder left by an interrupted run.
+    shutil.rmtree(out_dir / name, ignore_errors=True)
     started = time.perf_counter()
     proc = subprocess.Popen(command + overrides)
     _, status, usage = os.wait4(proc.pid, 0)
