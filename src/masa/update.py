@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
+
+from masa.models import autocast_context
 
 
 @dataclass
@@ -161,11 +162,6 @@ def policy_update(
     detached serve and the extra forward pass is skipped.
     """
     device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
     rng = rng or random.Random(0)
     count = len(sequences)
     order = list(range(count)) if settings.mini_batches == 1 else rng.sample(range(count), count)
@@ -189,7 +185,7 @@ def policy_update(
     reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast_context(device.type, autocast_dtype):
         for key, batch in packed.items():
             if not reuse_current:
                 old[key] = token_logprobs(model, batch, settings.temperature)
@@ -211,7 +207,7 @@ def policy_update(
             optimizer.zero_grad(set_to_none=True)
             for key in micro:
                 batch = packed[key]
-                with autocast:
+                with autocast_context(device.type, autocast_dtype):
                     logprobs = token_logprobs(model, batch, settings.temperature)
                 loss, stats = clipped_policy_loss(
                     logprobs,
@@ -255,18 +251,13 @@ def sft_step(
 ) -> float:
     """One supervised step: token-mean cross-entropy on the completion tokens only; returns the loss."""
     device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
     total_tokens = float(max(sum(len(s.completion_ids) for s in sequences), 1))
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
     for start in range(0, len(sequences), micro_batch_sequences):
         batch = pack(sequences[start : start + micro_batch_sequences], pad_id, device)
-        with autocast:
+        with autocast_context(device.type, autocast_dtype):
             logprobs = token_logprobs(model, batch)
         loss = -(logprobs * batch.completion_mask).sum() / total_tokens
         loss.backward()

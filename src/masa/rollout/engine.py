@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -19,6 +18,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from masa.models import autocast_context
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 
 
@@ -158,7 +158,7 @@ class HFEngine:
             pad_token_id=self.pad_id,
             use_cache=True,
         )
-        with self._autocast():
+        with autocast_context(self.model.device.type, self.autocast_dtype):
             sequences = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -185,8 +185,3 @@ class HFEngine:
                 logprobs=logprobs[row, :length].tolist(),
                 finish_reason=reason,
             )
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
