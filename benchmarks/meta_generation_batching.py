@@ -1,0 +1,109 @@
+"""Solution and meta rollouts of a MASA step: one engine call for both, or one call each?
+
+The issue asks for both kinds in one batched call "where possible". With HFEngine a batch runs until its
+longest member stops and pads every prompt to the longest one, so mixing 64-token solutions on short
+prompts with 96-token meta rollouts on ~4x longer prompts may cost more than it saves. This times both on
+the default preset's workload (8 problems x 8 solutions + 8 metas) with the same seed:
+
+- separate: solutions (limit 64) then metas (limit 96), each a batch of 64 sequences (the trainer's way);
+- merged: one call of 128 sequences, each prompt with its own limit.
+
+    .venv/bin/python benchmarks/meta_generation_batching.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from masa.data.arithmetic import arithmetic_splits
+from masa.meta.prompt import build_meta_prompt
+from masa.models import load_model, resolve_autocast
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
+from masa.rollout.engine import HFEngine
+from masa.rollout.types import SamplingParams
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--solution-tokens", type=int, default=64)
+    parser.add_argument("--meta-tokens", type=int, default=96)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model(args.model)
+    autocast = resolve_autocast("auto", torch.device("cpu"))
+    batch = args.problems * args.n
+    separate_engine = HFEngine(model, tokenizer, max_batch_sequences=batch, autocast_dtype=autocast)
+    merged_engine = HFEngine(model, tokenizer, max_batch_sequences=2 * batch, autocast_dtype=autocast)
+    problems = arithmetic_splits(seed=0, n_train=10, n_eval=args.problems)[1]
+    solution_ids = [
+        encode_user_message(tokenizer, solution_prompt(p.prompt, DEFAULT_SOLUTION_TEMPLATE)) for p in problems
+    ]
+    meta_ids = [
+        encode_user_message(tokenizer, build_meta_prompt(p.prompt, max_response_tokens=args.solution_tokens))
+        for p in problems
+    ]
+    longest = max(args.solution_tokens, args.meta_tokens)
+
+    def separate() -> int:
+        solutions = separate_engine.generate(
+            solution_ids, args.n, SamplingParams(args.temperature, 1.0, args.solution_tokens)
+        )
+        metas = separate_engine.generate(
+            meta_ids, args.n, SamplingParams(args.temperature, 1.0, args.meta_tokens)
+        )
+        return sum(r.num_tokens for g in solutions + metas for r in g)
+
+    def merged() -> int:
+        limits = [args.solution_tokens] * len(solution_ids) + [args.meta_tokens] * len(meta_ids)
+        groups = merged_engine.generate(
+            solution_ids + meta_ids, args.n, SamplingParams(args.temperature, 1.0, longest), max_tokens=limits
+        )
+        return sum(r.num_tokens for g in groups for r in g)
+
+    runners = {"separate calls (trainer)": separate, "one merged call": merged}
+    timings: dict[str, list[float]] = {name: [] for name in runners}
+    tokens: dict[str, list[int]] = {name: [] for name in runners}
+    for repeat in range(args.repeats + 1):
+        for name, fn in runners.items():
+            torch.manual_seed(repeat)
+            start = time.perf_counter()
+            count = fn()
+            if repeat:  # the first round warms caches and is not counted
+                timings[name].append(time.perf_counter() - start)
+                tokens[name].append(count)
+
+    print(
+        f"\n{args.problems} problems x ({args.n} solutions <= {args.solution_tokens} tokens + {args.n} metas "
+        f"<= {args.meta_tokens} tokens), autocast={autocast}, median of {args.repeats}"
+    )
+    print("| generation | median s | tokens (per run) | tokens/s |")
+    print("|---|---|---|---|")
+    rows = []
+    for name in runners:
+        med = statistics.median(timings[name])
+        rate = statistics.fmean(t / s for t, s in zip(tokens[name], timings[name], strict=True))
+        rows.append(
+            {"runner": name, "median_seconds": med, "tokens": tokens[name], "tokens_per_second": rate}
+        )
+        print(f"| {name} | {med:.2f} | {tokens[name]} | {rate:.0f} |")
+    out = ROOT / "results" / "meta_generation_batching.json"
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
