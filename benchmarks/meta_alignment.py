@@ -27,15 +27,20 @@ GATING_SIGMA = 0.1  # the gate's default, the paper's v1 value
 
 
 def evaluate(label: str, model: str, out: Path, args: argparse.Namespace) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(out, ignore_errors=True)
     command = [
         sys.executable, "-m", "masa.cli", "eval", model,
         "--benchmark", "arithmetic", "--out", str(out), "--meta",
         "--n", str(args.n), "--k", "1", str(args.n), "--meta-n", str(args.n),
         "--temperature", str(args.temperature), "--max-tokens", str(args.max_tokens),
         "--limit", str(args.limit), "--seed", str(args.seed),
-    ]  # fmt: skip
+    ] + (["--resume"] if args.resume else [])  # fmt: skip
     subprocess.run(command, check=True)
+    return summarise(label, model, out, args)
+
+
+def summarise(label: str, model: str, out: Path, args: argparse.Namespace) -> dict:
     result = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
     meta = result["meta"]
     gating = next(g for g in meta["gating"] if abs(g["sigma"] - GATING_SIGMA) < 1e-9)
@@ -51,7 +56,7 @@ def evaluate(label: str, model: str, out: Path, args: argparse.Namespace) -> dic
         "length_hit_rate": meta["length_hit_rate"],
         "notion_reward": meta["notion_reward"],
         "gating": gating,
-        "settings": vars(args) | {"models": None},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("models", "out", "resume")},
     }
 
 
@@ -69,6 +74,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="the default preset's")
     parser.add_argument("--max-tokens", type=int, default=64, help="the default preset's solution limit")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished evaluations (masa eval --resume) instead of redoing them",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "meta_alignment")
     args = parser.parse_args()
     pairs = [spec.split("=", 1) for spec in args.models]
