@@ -106,6 +106,22 @@ def run_arm(name: str, overrides: list[str], out_dir: Path, preset: str) -> dict
     }
 
 
+def pass_rates_by_level(run_dir: Path, steps: range) -> dict[int, tuple[float, float]]:
+    """Mean predicted and mean actual pass rate per difficulty level over ``steps``, from the prediction log."""
+    log = run_dir / "meta_predictions.jsonl"
+    if not log.exists():
+        return {}
+    levels: dict[int, tuple[list[float], list[float]]] = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        parsed = [p for p in row["predicted_pass_rates"] if p is not None]
+        if row["step"] in steps and parsed and row["actual_pass_rate"] is not None:
+            predicted, actual = levels.setdefault(row["difficulty"], ([], []))
+            predicted.append(statistics.fmean(parsed))
+            actual.append(row["actual_pass_rate"])
+    return {lv: (statistics.fmean(p), statistics.fmean(a)) for lv, (p, a) in sorted(levels.items())}
+
+
 def _load(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
@@ -126,6 +142,9 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the summary of the arms already run; run nothing"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "compare_algorithms")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="smollm2-arith", help="tiny: a seconds-long smoke run")
@@ -141,8 +160,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     # Arms from earlier invocations are kept (and replaced when run again), so arms can be run separately.
     summary = args.out.parent / f"{args.out.name}.json"
-    results = [r for r in _load(summary) if r["arm"] not in args.arms]
-    for name in args.arms:
+    to_run = [] if args.report_only else args.arms
+    results = [r for r in _load(summary) if r["arm"] not in to_run]
+    for name in to_run:
         results.append(run_arm(name, ARMS[name] + common, args.out, args.preset))
         summary.write_text(json.dumps(results, indent=2))
     results.sort(key=lambda r: list(ARMS).index(r["arm"]))
@@ -165,6 +185,17 @@ def main() -> None:
         for key, (start, end) in r["meta"].items():
             if start is not None or end is not None:
                 print(f"| {r['arm']} | {key} | {fmt(start)} | {fmt(end)} |")
+    print("\nMean predicted vs actual pass rate per level (first 5 steps -> last 5 steps):")
+    print("| arm | level | predicted | actual |")
+    print("|---|---|---|---|")
+    for r in results:
+        first = pass_rates_by_level(args.out / r["arm"], range(1, 6))
+        last = pass_rates_by_level(args.out / r["arm"], range(args.steps - 4, args.steps + 1))
+        r["pass_rate_by_level"] = {"first5": first, "last5": last}
+        for level in sorted(set(first) & set(last)):
+            (p0, a0), (p1, a1) = first[level], last[level]
+            print(f"| {r['arm']} | {level} | {p0:.2f} -> {p1:.2f} | {a0:.2f} -> {a1:.2f} |")
+    summary.write_text(json.dumps(results, indent=2))
     for r in results:
         if r["arm"].startswith("masa-efficient"):
             print(
