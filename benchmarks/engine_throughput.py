@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import print_table, time_runners
 from transformers import GenerationConfig
 
 from masa.data.arithmetic import arithmetic_splits
@@ -77,33 +76,14 @@ def main() -> None:
         groups = engine.generate(prompts, args.n, params)
         return sum(r.num_tokens for g in groups for r in g)
 
-    timings: dict[str, list[float]] = {"plain generate": [], "HFEngine": []}
-    tokens: dict[str, list[int]] = {"plain generate": [], "HFEngine": []}
     model.eval()
-    for repeat in range(args.repeats + 1):
-        for name, fn in (("plain generate", plain), ("HFEngine", ours)):
-            torch.manual_seed(repeat)
-            start = time.perf_counter()
-            count = fn()
-            elapsed = time.perf_counter() - start
-            if repeat:  # the first round warms caches and is not counted
-                timings[name].append(elapsed)
-                tokens[name].append(count)
-
-    rows = []
+    rows = time_runners({"plain generate": plain, "HFEngine": ours}, args.repeats)
     print(
         f"\n{args.problems} prompts x {args.n} samples, max {args.max_new_tokens} new tokens, autocast={autocast}"
     )
-    print("| runner | median s | tokens (per run) | tokens/s |")
-    print("|---|---|---|---|")
-    for name in timings:
-        med = statistics.median(timings[name])
-        rate = statistics.fmean(t / s for t, s in zip(tokens[name], timings[name], strict=True))
-        rows.append(
-            {"runner": name, "median_seconds": med, "tokens": tokens[name], "tokens_per_second": rate}
-        )
-        print(f"| {name} | {med:.2f} | {tokens[name]} | {rate:.0f} |")
-    overhead = statistics.median(timings["HFEngine"]) / statistics.median(timings["plain generate"]) - 1
+    print_table(rows, "runner")
+    seconds = {row["runner"]: row["median_seconds"] for row in rows}
+    overhead = seconds["HFEngine"] / seconds["plain generate"] - 1
     print(f"engine overhead on wall time: {overhead * 100:+.1f}% (target <= +10%)")
     out = ROOT / "results" / "engine_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import print_table, time_runners
 
 from masa.data.arithmetic import arithmetic_splits
 from masa.meta.prompt import build_meta_prompt
@@ -75,32 +74,12 @@ def main() -> None:
         )
         return sum(r.num_tokens for g in groups for r in g)
 
-    runners = {"separate calls (trainer)": separate, "one merged call": merged}
-    timings: dict[str, list[float]] = {name: [] for name in runners}
-    tokens: dict[str, list[int]] = {name: [] for name in runners}
-    for repeat in range(args.repeats + 1):
-        for name, fn in runners.items():
-            torch.manual_seed(repeat)
-            start = time.perf_counter()
-            count = fn()
-            if repeat:  # the first round warms caches and is not counted
-                timings[name].append(time.perf_counter() - start)
-                tokens[name].append(count)
-
+    rows = time_runners({"separate calls (trainer)": separate, "one merged call": merged}, args.repeats)
     print(
         f"\n{args.problems} problems x ({args.n} solutions <= {args.solution_tokens} tokens + {args.n} metas "
         f"<= {args.meta_tokens} tokens), autocast={autocast}, median of {args.repeats}"
     )
-    print("| generation | median s | tokens (per run) | tokens/s |")
-    print("|---|---|---|---|")
-    rows = []
-    for name in runners:
-        med = statistics.median(timings[name])
-        rate = statistics.fmean(t / s for t, s in zip(tokens[name], timings[name], strict=True))
-        rows.append(
-            {"runner": name, "median_seconds": med, "tokens": tokens[name], "tokens_per_second": rate}
-        )
-        print(f"| {name} | {med:.2f} | {tokens[name]} | {rate:.0f} |")
+    print_table(rows, "generation")
     out = ROOT / "results" / "meta_generation_batching.json"
     out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
 
