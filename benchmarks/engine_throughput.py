@@ -9,12 +9,11 @@ settings and precision, so they generate the same tokens; the difference is the 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
-from timing import print_table, time_runners
+from timing import print_table, time_runners, workload_parser
 from transformers import GenerationConfig
 
 from masa.data.arithmetic import arithmetic_splits
@@ -27,15 +26,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--problems", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
+    parser = workload_parser(__doc__)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model)

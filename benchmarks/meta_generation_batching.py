@@ -13,12 +13,11 @@ the default preset's workload (8 problems x 8 solutions + 8 metas) with the same
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
-from timing import print_table, time_runners
+from timing import print_table, time_runners, workload_parser
 
 from masa.data.arithmetic import arithmetic_splits
 from masa.meta.prompt import build_meta_prompt
@@ -31,16 +30,9 @@ ROOT = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--problems", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
+    parser = workload_parser(__doc__)
     parser.add_argument("--solution-tokens", type=int, default=64)
     parser.add_argument("--meta-tokens", type=int, default=96)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def workload_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every generation benchmark shares: model, problems, samples, temperature, rounds."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser
 
 
 def time_runners(runners: dict[str, Callable[[], int]], repeats: int) -> list[dict]:
