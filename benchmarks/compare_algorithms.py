@@ -106,14 +106,16 @@ def run_arm(name: str, overrides: list[str], out_dir: Path, preset: str) -> dict
     }
 
 
-def pass_rates_by_level(run_dir: Path, steps: range) -> dict[int, tuple[float, float]]:
-    """Mean predicted and mean actual pass rate per difficulty level over ``steps``, from the prediction log."""
+def prediction_log(run_dir: Path) -> list[dict]:
+    """The run's per-problem meta predictions (empty for GRPO)."""
     log = run_dir / "meta_predictions.jsonl"
-    if not log.exists():
-        return {}
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def pass_rates_by_level(rows: list[dict], steps: range) -> dict[int, tuple[float, float]]:
+    """Mean predicted and mean actual pass rate per difficulty level over ``steps``."""
     levels: dict[int, tuple[list[float], list[float]]] = {}
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         parsed = [p for p in row["predicted_pass_rates"] if p is not None]
         if row["step"] in steps and parsed and row["actual_pass_rate"] is not None:
             predicted, actual = levels.setdefault(row["difficulty"], ([], []))
@@ -189,8 +191,9 @@ def main() -> None:
     print("| arm | level | predicted | actual |")
     print("|---|---|---|---|")
     for r in results:
-        first = pass_rates_by_level(args.out / r["arm"], range(1, 6))
-        last = pass_rates_by_level(args.out / r["arm"], range(args.steps - 4, args.steps + 1))
+        predictions = prediction_log(args.out / r["arm"])
+        first = pass_rates_by_level(predictions, range(1, 6))
+        last = pass_rates_by_level(predictions, range(args.steps - 4, args.steps + 1))
         r["pass_rate_by_level"] = {"first5": first, "last5": last}
         for level in sorted(set(first) & set(last)):
             (p0, a0), (p1, a1) = first[level], last[level]

@@ -20,48 +20,79 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from masa.checkpoint import load_trainer_state
-from masa.data.arithmetic import arithmetic_splits
+from masa.config import Config
+from masa.data.problem import Problem
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
 from masa.models import load_model, resolve_autocast
 from masa.prompts import encode_user_message
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import SamplingParams
+from masa.trainer import load_problem_splits, load_run_config
 from masa.update import TrainSequence, sft_step
 
 ROOT = Path(__file__).resolve().parent
+Buffer = list[tuple[list[int], list[int]]]
 
 
-def target_pass_rates_by_level(buffer: list, tokenizer, problems_by_prompt: dict) -> dict[int, float]:
+def meta_prompt_ids(tokenizer: PreTrainedTokenizerBase, problem: Problem, config: Config) -> list[int]:
+    """The meta prompt exactly as the run's trainer built it."""
+    mc = config.meta
+    text = build_meta_prompt(
+        problem.prompt,
+        pass_rate_scale=mc.pass_rate_scale,
+        max_response_tokens=config.rollout.max_new_tokens,
+        min_length=mc.min_length,
+        notion_word=mc.notion_word,
+    )
+    return encode_user_message(tokenizer, text)
+
+
+def target_pass_rates_by_level(
+    buffer: Buffer,
+    tokenizer: PreTrainedTokenizerBase,
+    levels_by_prompt: dict[tuple[int, ...], int],
+    scale: int,
+) -> dict[int, float]:
     levels: dict[int, list[int]] = defaultdict(list)
     for prompt_ids, target_ids in buffer:
-        level = problems_by_prompt.get(tuple(prompt_ids))
-        prediction = parse_meta_prediction(tokenizer.decode(target_ids, skip_special_tokens=True))
+        level = levels_by_prompt.get(tuple(prompt_ids))
+        prediction = parse_meta_prediction(
+            tokenizer.decode(target_ids, skip_special_tokens=True), pass_rate_scale=scale
+        )
         if level is not None and prediction.pass_rate is not None:
             levels[level].append(prediction.pass_rate)
-    return {level: statistics.fmean(v) / 8 for level, v in sorted(levels.items())}
+    return {level: statistics.fmean(v) / scale for level, v in sorted(levels.items())}
 
 
-def predicted_by_level(model, tokenizer, problems, args, autocast) -> tuple[dict[int, float], float, float]:
+def predicted_by_level(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    config: Config,
+    args: argparse.Namespace,
+    autocast: torch.dtype | None,
+) -> tuple[dict[int, float], float, float | None]:
+    """Mean predicted pass rate per level, the parse rate, and the level-prediction correlation."""
+    mc, scale = config.meta, config.meta.pass_rate_scale
     engine = HFEngine(model, tokenizer, max_batch_sequences=64, autocast_dtype=autocast)
-    prompts = [
-        encode_user_message(tokenizer, build_meta_prompt(p.prompt, max_response_tokens=args.max_tokens))
-        for p in problems
-    ]
+    prompts = [meta_prompt_ids(tokenizer, p, config) for p in problems]
     torch.manual_seed(args.seed)
-    groups = engine.generate(prompts, args.meta_n, SamplingParams(args.temperature, 1.0, 96))
+    params = SamplingParams(config.rollout.temperature, config.rollout.top_p, mc.max_new_tokens)
+    groups = engine.generate(prompts, args.meta_n, params)
     levels: dict[int, list[float]] = defaultdict(list)
     parsed = total = 0
     for problem, group in zip(problems, groups, strict=True):
         for rollout in group:
             total += 1
             text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
-            prediction = parse_meta_prediction(text)
+            prediction = parse_meta_prediction(text, pass_rate_scale=scale)
             if prediction.pass_rate is not None:
                 parsed += 1
-                levels[problem.difficulty].append(prediction.pass_rate / 8)
+                levels[problem.difficulty].append(prediction.pass_rate / scale)
     means = {level: statistics.fmean(v) for level, v in sorted(levels.items())}
     pairs = [(level, p) for level, v in levels.items() for p in v]
     correlation = (
@@ -76,29 +107,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="RUN/checkpoints/step-N of a MASA run")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 1e-4])
     parser.add_argument("--steps", type=int, default=24, help="supervised steps per learning rate")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--problems", type=int, default=40, help="held-out arithmetic problems")
+    parser.add_argument("--problems", type=int, default=40, help="held-out problems of the run")
     parser.add_argument("--meta-n", type=int, default=4)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max-tokens", type=int, default=64, help="solution limit the meta prompt states")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    buffer = load_trainer_state(args.checkpoint)["expert_buffer"]
-    # The comparison benchmark's split: 4000 training problems, 150 held out, seed 0.
-    train, held_out = arithmetic_splits(seed=0, n_train=4000, n_eval=150)
+    # Prompts, sampling and problem split are the run's own, read from its config.
+    config = load_run_config(args.checkpoint.parent.parent)
+    scale = config.meta.pass_rate_scale
+    buffer: Buffer = load_trainer_state(args.checkpoint)["expert_buffer"]
+    train, held_out = load_problem_splits(config)
     autocast = resolve_autocast("auto", torch.device("cpu"))
     _, tokenizer = load_model(str(args.checkpoint))
-    by_prompt = {
-        tuple(
-            encode_user_message(tokenizer, build_meta_prompt(p.prompt, max_response_tokens=args.max_tokens))
-        ): (p.difficulty)
-        for p in train
-    }
-    targets = target_pass_rates_by_level(buffer, tokenizer, by_prompt)
+    levels_by_prompt = {tuple(meta_prompt_ids(tokenizer, p, config)): p.difficulty for p in train}
+    targets = target_pass_rates_by_level(buffer, tokenizer, levels_by_prompt, scale)
     problems = held_out[: args.problems]
     rows = []
     for lr in [0.0, *args.lrs]:
@@ -113,10 +139,12 @@ def main() -> None:
                     optimizer,
                     [TrainSequence(prompt, target, 0.0) for prompt, target in picks],
                     pad_id=tokenizer.pad_token_id,
-                    micro_batch_sequences=8,
+                    micro_batch_sequences=config.algo.micro_batch_sequences,
                     autocast_dtype=autocast,
                 )
-        means, parse_rate, correlation = predicted_by_level(model, tokenizer, problems, args, autocast)
+        means, parse_rate, correlation = predicted_by_level(
+            model, tokenizer, problems, config, args, autocast
+        )
         rows.append({"lr": lr, "parse_rate": parse_rate, "level_correlation": correlation, "by_level": means})
         print(f"lr {lr:g}: parse {parse_rate:.2f}, corr(level, predicted) {correlation}, by level {means}")
 
@@ -135,16 +163,8 @@ def main() -> None:
         cells = " | ".join(f"{r['by_level'].get(x, float('nan')):.2f}" for x in levels)
         print(f"| {label} | {r['parse_rate']:.2f} | {corr} | {cells} |")
     out = ROOT / "results" / "expert_sft_probe.json"
-    out.write_text(
-        json.dumps(
-            {
-                "settings": {**vars(args), "checkpoint": str(args.checkpoint)},
-                "targets": targets,
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
+    settings = {**vars(args), "checkpoint": str(args.checkpoint)}
+    out.write_text(json.dumps({"settings": settings, "targets": targets, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

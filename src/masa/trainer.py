@@ -92,7 +92,7 @@ class Trainer:
                 f"nothing to resume: {self.run_dir / 'checkpoints'} holds no complete checkpoint"
             )
 
-        self.train_problems, self.eval_problems = _load_data(config)
+        self.train_problems, self.eval_problems = load_problem_splits(config)
         model_source = str(resume_from) if resume_from else config.model.name
         self.model, self.tokenizer = load_model(model_source, seed=config.train.seed)
         self.model.to(self.device)
@@ -705,7 +705,8 @@ def _field_map(config: Config) -> FieldMap | None:
     return FieldMap(prompt=d.prompt_field or "prompt", answer=d.answer_field or "answer", id=d.id_field)
 
 
-def _load_data(config: Config) -> tuple[list[Problem], list[Problem]]:
+def load_problem_splits(config: Config) -> tuple[list[Problem], list[Problem]]:
+    """The training problems and the held-out evaluation problems a run with ``config`` uses."""
     d = config.data
     arith_train, arith_eval = arithmetic_splits(
         seed=config.train.seed,
