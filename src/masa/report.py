@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from masa.eval.plots import (
-    METRICS_FILE,
     TRAINING_CURVE_KEYS,
     metric_series,
     plot_accuracy_vs_time,
@@ -21,9 +20,7 @@ from masa.eval.plots import (
     read_jsonl,
     read_metrics,
 )
-
-CONFIG_FILE = "config.yaml"
-META_PREDICTIONS_FILE = "meta_predictions.jsonl"
+from masa.tracking import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -126,7 +123,7 @@ def _run_section(run_dir: Path, name: str, scratch: _Scratch) -> str:
         parts.append(_figure(curves, f"Training curves of {name}"))
     else:
         parts.append("<p>No known metric was logged yet.</p>")
-    predictions = run_dir / META_PREDICTIONS_FILE
+    predictions = run_dir / PREDICTIONS_FILE
     if predictions.is_file():
         parts.append(_meta_section(read_jsonl(predictions), name, scratch))
     return "\n".join(parts)
@@ -137,7 +134,7 @@ def _meta_section(prediction_rows: list[dict[str, Any]], name: str, scratch: _Sc
     for row in prediction_rows:
         by_step[row["step"]].append(row)
     if not by_step:
-        return f"<h3>Meta predictions</h3>\n<p>{META_PREDICTIONS_FILE} is empty.</p>"
+        return f"<h3>Meta predictions</h3>\n<p>{PREDICTIONS_FILE} is empty.</p>"
     parts = ["<h3>Meta predictions</h3>"]
     for step in sorted({min(by_step), max(by_step)}):
         predicted, actual = pass_rate_points(by_step[step])

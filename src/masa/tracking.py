@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# What a run folder holds; the trainer writes these, `masa report` and the plots read them.
+CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "meta_predictions.jsonl"
 

@@ -42,10 +42,15 @@ from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solutio
 from masa.rewards import solution_rewards
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
-from masa.tracking import PREDICTIONS_FILE, MetricsWriter, append_jsonl, format_step_line, progress_bar
+from masa.tracking import (
+    CONFIG_FILE,
+    PREDICTIONS_FILE,
+    MetricsWriter,
+    append_jsonl,
+    format_step_line,
+    progress_bar,
+)
 from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
-
-CONFIG_FILE = "config.yaml"
 
 RewardFn = Callable[[Problem, list[str], list[Rollout]], Sequence[float]]
 """A custom solution reward: (problem, decoded completions, rollouts) -> one reward per rollout."""

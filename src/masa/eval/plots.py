@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from masa.eval.meta_metrics import CalibrationRow, CutoffAnalysis, GatingScore, pearson
-
-METRICS_FILE = "metrics.jsonl"
+from masa.tracking import METRICS_FILE
 
 TRAINING_CURVE_KEYS = (
     "reward/solution",
