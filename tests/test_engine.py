@@ -58,10 +58,12 @@ def test_logprobs_match_a_teacher_forced_forward(engine, tiny):
     torch.manual_seed(1)
     params = SamplingParams(temperature=0.7, max_new_tokens=6)
     groups = engine.generate(_prompts(tokenizer), 2, params)
-    sequences = [TrainSequence(r.prompt_ids, r.completion_ids, 0.0) for g in groups for r in g]
+    sequences = [
+        TrainSequence(r.prompt_ids, r.completion_ids, 0.0, temperature=0.7) for g in groups for r in g
+    ]
     batch = pack(sequences, tokenizer.pad_token_id)
     with torch.no_grad():
-        recomputed = token_logprobs(model, batch, temperature=0.7)
+        recomputed = token_logprobs(model, batch)
     for row, seq in enumerate(sequences):
         rollout = [r for g in groups for r in g][row]
         n = len(seq.completion_ids)

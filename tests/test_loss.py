@@ -90,5 +90,6 @@ def test_pack_pads_prompts_left_and_completions_right():
     batch = pack([TrainSequence([5, 6, 7], [8], 1.0), TrainSequence([9], [10, 11, 12], -1.0)], pad_id=0)
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 0, 0], [0, 0, 9, 10, 11, 12]]
     assert batch.completion_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
-    assert batch.position_ids[1].tolist()[2:] == [0, 1, 2, 3]
+    assert batch.attention_mask[1].tolist() == [0, 0, 1, 1, 1, 1]
+    assert not batch.shared
     assert batch.advantages.tolist() == [1.0, -1.0]

@@ -105,6 +105,23 @@ def test_masa_step_trains_solutions_and_metas_in_separate_groups(tmp_path, monke
     assert all(len(r["predicted_pass_rates"]) == 3 for r in rows)
 
 
+def test_meta_rollouts_sample_and_train_at_meta_temperature(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(tmp_path, "masa", "rollout.temperature=0.9", "meta.temperature=0.4")
+    temperatures = []
+    real_generate = trainer.engine.generate
+
+    def recording(prompts, n, params, max_tokens=None):
+        temperatures.append(params.temperature)
+        return real_generate(prompts, n, params, max_tokens)
+
+    trainer.engine.generate = recording
+    trainer.train_step()
+    assert temperatures == [0.9, 0.4]  # solutions, then metas
+    assert {s.temperature for s in seen[0] if s.kind == "solution"} == {0.9}
+    assert {s.temperature for s in seen[0] if s.kind == "meta"} == {0.4}
+
+
 def test_meta_advantages_are_the_group_normalised_meta_rewards(tmp_path, monkeypatch):
     seen = _record_updates(monkeypatch)
     trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]")

@@ -91,6 +91,9 @@ class AlgoConfig:
     adv_eps: float = 1e-6
     scale_advantages: bool = True
     """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
+    prefix_sharing: bool = True
+    """In the update, forward each problem's prompt once for all its completions (the same gradient, less
+    compute). Not with model.gradient_checkpointing, which drops the key/value cache: there it runs unshared."""
 
 
 @dataclass
@@ -100,6 +103,8 @@ class MetaConfig:
     n: int = 8
     """Meta rollouts per problem (M)."""
     max_new_tokens: int = 96
+    temperature: float | None = None
+    """Sampling temperature of meta rollouts; null uses rollout.temperature."""
     pass_rate_scale: int = 8
     """The prompt asks for a pass count out of this many attempts."""
     min_length: int = 128
@@ -369,6 +374,7 @@ def _check_values(cfg: Config) -> None:
     mc, e = cfg.meta, cfg.efficient
     _require(mc.n >= 1, "meta.n", ">= 1", mc.n)
     _require(mc.max_new_tokens >= 1, "meta.max_new_tokens", ">= 1", mc.max_new_tokens)
+    _require(mc.temperature is None or mc.temperature > 0, "meta.temperature", "> 0 or null", mc.temperature)
     _require(mc.pass_rate_scale >= 1, "meta.pass_rate_scale", ">= 1", mc.pass_rate_scale)
     _require(mc.min_length >= 1, "meta.min_length", ">= 1", mc.min_length)
     _require(0 < mc.reward_base < 1, "meta.reward_base", "in (0, 1)", mc.reward_base)

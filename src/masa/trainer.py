@@ -116,6 +116,12 @@ class Trainer:
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens
         )
+        meta_temperature = (
+            config.rollout.temperature if config.meta.temperature is None else config.meta.temperature
+        )
+        self.meta_sampling = SamplingParams(
+            meta_temperature, config.rollout.top_p, config.meta.max_new_tokens
+        )
         a = config.algo
         self.update_settings = UpdateSettings(
             clip_low=a.clip_low,
@@ -125,7 +131,8 @@ class Trainer:
             mini_batches=a.mini_batches,
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
-            temperature=config.rollout.temperature,
+            # Gradient checkpointing drops the key/value cache the shared prompt pass hands on.
+            prefix_sharing=a.prefix_sharing and not config.model.gradient_checkpointing,
         )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
@@ -223,12 +230,17 @@ class Trainer:
             [[s.combined for s in group] for group in meta_scores], eps=eps, scale=scale
         )
         sequences = [
-            TrainSequence(r.prompt_ids, r.completion_ids, a)
+            TrainSequence(r.prompt_ids, r.completion_ids, a, temperature=self.sampling.temperature)
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
             TrainSequence(
-                m.rollout.prompt_ids, m.rollout.completion_ids, a, self.cfg.meta.token_weight, "meta"
+                m.rollout.prompt_ids,
+                m.rollout.completion_ids,
+                a,
+                self.cfg.meta.token_weight,
+                "meta",
+                self.meta_sampling.temperature,
             )
             for group, advantages in zip(metas, meta_adv.advantages, strict=False)
             for m, a in zip(group, advantages, strict=True)
@@ -331,8 +343,7 @@ class Trainer:
         if not problems:
             return []
         mc = self.cfg.meta
-        params = SamplingParams(self.cfg.rollout.temperature, self.cfg.rollout.top_p, mc.max_new_tokens)
-        groups = self.engine.generate([self._meta_ids(p) for p in problems], mc.n, params)
+        groups = self.engine.generate([self._meta_ids(p) for p in problems], mc.n, self.meta_sampling)
         return [
             [
                 MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from masa.models import autocast_context
 
@@ -22,57 +23,149 @@ class TrainSequence:
     token_weight: float = 1.0
     """Multiplies this sequence's per-token loss (MASA's meta-token weight)."""
     kind: str = "solution"
+    temperature: float = 1.0
+    """The temperature the completion was sampled at; its log-probs are taken under the same one."""
 
 
 @dataclass
 class PackedBatch:
-    input_ids: torch.Tensor  # (B, P + C): prompts padded on the left, completions on the right
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    completion_ids: torch.Tensor  # (B, C)
+    """Sequences laid out for the forward pass: prompt rows, and completion rows that each continue one.
+
+    Completion row b continues prompt row ``prompt_index[b]``. Unshared, every completion has a prompt row
+    of its own; shared, the completions of one prompt point at a single row, which is forwarded once.
+    Every per-token tensor is (B, C), aligned with ``completion_ids``, whatever the prompt layout.
+    """
+
+    prompt_ids: torch.Tensor  # (U, P), padded on the left
+    prompt_mask: torch.Tensor  # (U, P) long, 1 on real prompt tokens
+    prompt_index: torch.Tensor  # (B,) the prompt row of each completion
+    completion_ids: torch.Tensor  # (B, C), padded on the right
     completion_mask: torch.Tensor  # (B, C) float, 1 on real completion tokens
     advantages: torch.Tensor  # (B,)
     token_weights: torch.Tensor  # (B,)
+    temperatures: torch.Tensor  # (B,)
+    shared: bool
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(B, P + C): each completion after its own copy of its prompt, as an unshared forward sees it."""
+        return torch.cat([self.prompt_ids[self.prompt_index], self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask[self.prompt_index], self.completion_mask.long()], dim=1)
 
 
-def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device | str = "cpu") -> PackedBatch:
-    prompt_width = max(len(s.prompt_ids) for s in sequences)
-    completion_width = max(max(len(s.completion_ids) for s in sequences), 1)
-    rows = len(sequences)
-    input_ids = torch.full((rows, prompt_width + completion_width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
+def pack(
+    sequences: Sequence[TrainSequence],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    *,
+    share_prompts: bool = False,
+) -> PackedBatch:
+    """Lay ``sequences`` out for one forward; ``share_prompts`` gives identical prompts a single row."""
+    rows: dict[tuple[int, ...], int] = {}
+    if share_prompts:
+        prompt_index = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in sequences]
+        prompts = [list(key) for key in rows]
+    else:
+        prompt_index = list(range(len(sequences)))
+        prompts = [s.prompt_ids for s in sequences]
+    prompt_ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            prompt_ids[row, -len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            prompt_mask[row, -len(prompt) :] = 1
+    width = max(max(len(s.completion_ids) for s in sequences), 1)
+    completion_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros(len(sequences), width)
     for row, seq in enumerate(sequences):
-        start = prompt_width - len(seq.prompt_ids)
-        end = prompt_width + len(seq.completion_ids)
-        input_ids[row, start:end] = torch.tensor(seq.prompt_ids + seq.completion_ids, dtype=torch.long)
-        attention_mask[row, start:end] = 1
-    # Positions count real tokens only, exactly as generate() numbers a left-padded prompt.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    completion_mask = attention_mask[:, prompt_width:].float()
+        completion_ids[row, : len(seq.completion_ids)] = torch.tensor(seq.completion_ids, dtype=torch.long)
+        completion_mask[row, : len(seq.completion_ids)] = 1.0
+
+    def per_sequence(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
     return PackedBatch(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        position_ids=position_ids.to(device),
-        completion_ids=input_ids[:, prompt_width:].to(device),
+        prompt_ids=prompt_ids.to(device),
+        prompt_mask=prompt_mask.to(device),
+        prompt_index=torch.tensor(prompt_index, dtype=torch.long, device=device),
+        completion_ids=completion_ids.to(device),
         completion_mask=completion_mask.to(device),
-        advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32, device=device),
-        token_weights=torch.tensor([s.token_weight for s in sequences], dtype=torch.float32, device=device),
+        advantages=per_sequence([s.advantage for s in sequences]),
+        token_weights=per_sequence([s.token_weight for s in sequences]),
+        temperatures=per_sequence([s.temperature for s in sequences]),
+        # With nothing to share, one joint forward is cheaper than a prompt pass plus a completion pass.
+        shared=len(prompts) < len(sequences),
     )
 
 
-def token_logprobs(model: PreTrainedModel, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(token) for every completion position, under the same temperature the rollouts used."""
-    width = batch.completion_ids.shape[1]
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=width + 1,  # the lm-head runs only where completion tokens are predicted
-        use_cache=False,
-    ).logits[:, :-1]
-    logits = logits.float() / temperature
+def token_logprobs(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+    """(B, C): log pi(token) at every completion position, under the temperature each was sampled at."""
+    logits = _shared_prompt_logits(model, batch) if batch.shared else _joint_logits(model, batch)
+    logits = logits.float() / batch.temperatures[:, None, None]
     chosen = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # Positions count real tokens only, exactly as generate() numbers a left-padded prompt.
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _joint_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+    """Each prompt and its completion in one row; logits predicting completion tokens 0..C-1."""
+    attention_mask = batch.attention_mask
+    return model(
+        input_ids=batch.input_ids,
+        attention_mask=attention_mask,
+        position_ids=_positions(attention_mask),
+        logits_to_keep=batch.completion_ids.shape[1] + 1,  # the lm-head runs only where completions are
+        use_cache=False,
+    ).logits[:, :-1]
+
+
+def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+    """Each distinct prompt forwarded once; its completions then run against its key/value cache.
+
+    The cache is not detached: the prompt's keys and values carry the gradient of every completion that
+    attends to them back into the prompt's activations, so the gradient equals the unshared forward's.
+    The last prompt position predicts completion token 0; completion tokens 0..C-2 predict the rest (the
+    last completion token is never an input).
+    """
+    cache = DynamicCache(config=model.config)
+    cache_arg = {_cache_keyword(model): cache}
+    first = model(
+        input_ids=batch.prompt_ids,
+        attention_mask=batch.prompt_mask,
+        position_ids=_positions(batch.prompt_mask),
+        logits_to_keep=1,
+        use_cache=True,
+        **cache_arg,
+    ).logits[batch.prompt_index]
+    width = batch.completion_ids.shape[1]
+    if width == 1:
+        return first
+    cache.reorder_cache(batch.prompt_index)  # one copy of its prompt's keys and values per completion
+    prompt_mask = batch.prompt_mask[batch.prompt_index]
+    inputs_mask = batch.completion_mask[:, :-1].long()
+    offsets = torch.arange(width - 1, device=prompt_mask.device)
+    rest = model(
+        input_ids=batch.completion_ids[:, :-1],
+        attention_mask=torch.cat([prompt_mask, inputs_mask], dim=1),
+        position_ids=prompt_mask.sum(-1, keepdim=True) + offsets,
+        use_cache=True,
+        **cache_arg,
+    ).logits
+    return torch.cat([first, rest], dim=1)
+
+
+def _cache_keyword(model: PreTrainedModel) -> str:
+    # transformers 5.x renames `past_key_values` to `cache` (the old name still works, with a warning). A
+    # wrapper (peft) forwards **kwargs, so the wrapped model's own signature decides.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -140,7 +233,8 @@ class UpdateSettings:
     mini_batches: int = 1
     micro_batch_sequences: int = 16
     grad_clip: float = 1.0
-    temperature: float = 1.0
+    prefix_sharing: bool = True
+    """Forward each distinct prompt of a micro-batch once for all its completions (same gradient)."""
 
 
 def policy_update(
@@ -176,11 +270,17 @@ def policy_update(
         # all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
         active = sorted(
             (i for i in mini if with_kl or sequences[i].advantage != 0.0),
-            key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids),
+            key=(lambda i: _shared_order(sequences[i]))
+            if settings.prefix_sharing
+            else (lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids)),
         )
         step = settings.micro_batch_sequences
         plans.append((normaliser, [tuple(active[j : j + step]) for j in range(0, len(active), step)]))
-    packed = {key: pack([sequences[i] for i in key], pad_id, device) for _, micro in plans for key in micro}
+    packed = {
+        key: pack([sequences[i] for i in key], pad_id, device, share_prompts=settings.prefix_sharing)
+        for _, micro in plans
+        for key in micro
+    }
 
     reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
     old: dict[tuple[int, ...], torch.Tensor] = {}
@@ -188,9 +288,9 @@ def policy_update(
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
         for key, batch in packed.items():
             if not reuse_current:
-                old[key] = token_logprobs(model, batch, settings.temperature)
+                old[key] = token_logprobs(model, batch)
             if with_kl:
-                ref[key] = token_logprobs(ref_model, batch, settings.temperature)
+                ref[key] = token_logprobs(ref_model, batch)
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     grad_norms: list[float] = []
@@ -208,7 +308,7 @@ def policy_update(
             for key in micro:
                 batch = packed[key]
                 with autocast_context(device.type, autocast_dtype):
-                    logprobs = token_logprobs(model, batch, settings.temperature)
+                    logprobs = token_logprobs(model, batch)
                 loss, stats = clipped_policy_loss(
                     logprobs,
                     logprobs.detach() if reuse_current else old[key],
@@ -237,6 +337,11 @@ def policy_update(
     metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
     metrics["update/lr"] = scheduler.get_last_lr()[0]
     return metrics
+
+
+def _shared_order(seq: TrainSequence) -> tuple[int, tuple[int, ...], int]:
+    """Sort key that keeps a prompt's completions adjacent, so a micro-batch holds whole groups."""
+    return len(seq.prompt_ids), tuple(seq.prompt_ids), len(seq.completion_ids)
 
 
 def sft_step(

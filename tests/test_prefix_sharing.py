@@ -1,0 +1,130 @@
+"""The prefix-shared update: each prompt forwarded once for all of its completions, same gradient."""
+
+import copy
+
+import pytest
+import torch
+
+from masa.update import TrainSequence, UpdateSettings, pack, policy_update, token_logprobs
+
+PROMPT_A = [1, 17, 23, 99, 5, 61, 7]
+PROMPT_B = [1, 44, 8, 300]
+
+
+def _sequences() -> list[TrainSequence]:
+    """Two groups of different prompt lengths, ragged completions, zero advantages, two temperatures."""
+    g = torch.Generator().manual_seed(0)
+
+    def completion(n: int) -> list[int]:
+        return torch.randint(3, 500, (n,), generator=g).tolist()
+
+    solutions = [
+        TrainSequence(PROMPT_A, completion(n), adv)
+        for n, adv in zip((5, 1, 7, 3, 6), (1.2, -0.4, 0.0, -0.8, 0.5), strict=True)
+    ]
+    metas = [
+        TrainSequence(PROMPT_B, completion(n), adv, token_weight=0.5, kind="meta", temperature=0.7)
+        for n, adv in zip((4, 8, 2, 6), (0.9, 0.0, -1.1, 0.3), strict=True)
+    ]
+    return solutions + metas
+
+
+def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Runs policy_update with plain SGD at lr 1 and no effective clipping: the step is minus the gradient."""
+    model = copy.deepcopy(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    log = policy_update(
+        model,
+        optimizer,
+        scheduler,
+        sequences,
+        UpdateSettings(grad_clip=1e9, **settings),
+        pad_id=2,
+    )
+    return {name: before[name] - p.detach() for name, p in model.named_parameters()}, log
+
+
+@pytest.mark.parametrize("micro_batch_sequences", [16, 3])
+def test_prefix_shared_gradient_equals_unshared(tiny, micro_batch_sequences):
+    model, _ = tiny
+    sequences = _sequences()
+    shared, shared_log = _update(
+        model, sequences, prefix_sharing=True, micro_batch_sequences=micro_batch_sequences
+    )
+    unshared, unshared_log = _update(
+        model, sequences, prefix_sharing=False, micro_batch_sequences=micro_batch_sequences
+    )
+    # Zero-advantage sequences are still skipped.
+    assert shared_log["update/trained_sequences"] == unshared_log["update/trained_sequences"] == 7
+    assert shared_log["update/loss"] == pytest.approx(unshared_log["update/loss"], abs=1e-6)
+    largest = max(float(g.abs().max()) for g in unshared.values())
+    assert largest > 1e-3  # a real gradient, not two zeros agreeing
+    for name, grad in unshared.items():
+        torch.testing.assert_close(shared[name], grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_prompt_tokens_get_gradient_through_the_shared_cache(tiny):
+    """The embedding rows of tokens that occur only in the prompts move: the cache is not detached."""
+    model, _ = tiny
+    steps, _ = _update(model, _sequences(), prefix_sharing=True)
+    embedding = steps["model.embed_tokens.weight"]
+    completion_tokens = {t for s in _sequences() for t in s.completion_ids}
+    prompt_only = sorted(set(PROMPT_A + PROMPT_B) - completion_tokens)
+    assert prompt_only
+    assert float(embedding[prompt_only].abs().max()) > 1e-6
+
+
+def test_shared_update_forwards_each_prompt_once(tiny):
+    model, _ = tiny
+    sequences = _sequences()
+    seen: list[int] = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(args[0].numel()))
+    try:
+        _update(model, sequences, prefix_sharing=True)
+        shared_tokens, seen[:] = sum(seen), []
+        _update(model, sequences, prefix_sharing=False)
+        unshared_tokens = sum(seen)
+    finally:
+        handle.remove()
+    active = [s for s in sequences if s.advantage != 0.0]
+    widest = max(len(s.completion_ids) for s in active)
+    # Shared: two prompt rows, then every completion row minus its last token (inputs only).
+    assert shared_tokens == 2 * len(PROMPT_A) + len(active) * (widest - 1)
+    assert shared_tokens < unshared_tokens
+
+
+def test_pack_shares_identical_prompts_only():
+    sequences = [
+        TrainSequence([5, 6, 7], [8], 1.0),
+        TrainSequence([9], [10, 11, 12], -1.0),
+        TrainSequence([5, 6, 7], [13, 14], 0.5),
+    ]
+    batch = pack(sequences, pad_id=0, share_prompts=True)
+    assert batch.shared
+    assert batch.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 9]]
+    assert batch.prompt_index.tolist() == [0, 1, 0]
+    assert batch.completion_ids.tolist() == [[8, 0, 0], [10, 11, 12], [13, 14, 0]]
+    assert batch.input_ids[2].tolist() == [5, 6, 7, 13, 14, 0]
+    # Nothing to share: the joint layout, one forward.
+    assert not pack(sequences[:2], pad_id=0, share_prompts=True).shared
+
+
+def test_logprobs_use_each_sequences_own_temperature(tiny):
+    model, _ = tiny
+    prompt, completion = [1, 40, 41, 42], [50, 51, 52]
+    mixed = pack(
+        [TrainSequence(prompt, completion, 0.0, temperature=t) for t in (1.0, 0.5)] * 2,
+        pad_id=2,
+        share_prompts=True,
+    )
+    with torch.no_grad():
+        logprobs = token_logprobs(model, mixed)
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+    for row, temperature in enumerate((1.0, 0.5, 1.0, 0.5)):
+        expected = torch.log_softmax(logits / temperature, dim=-1).gather(
+            -1, torch.tensor(completion)[:, None]
+        )
+        torch.testing.assert_close(logprobs[row], expected[:, 0], atol=1e-5, rtol=0)
+    assert not torch.allclose(logprobs[0], logprobs[1])
