@@ -13,7 +13,7 @@ Script = Callable[[Problem, int], str]
 class ScriptedEngine:
     """Answers each prompt with ``solution(problem, j)`` or ``meta(problem, j)`` for the j-th sample.
 
-    Meta prompts are recognised by their ``<meta>`` instruction. Token limits are honoured like the real
+    Meta prompts are recognised by the "pass_rate" key they ask for (JSON-only ones have no <meta>). Token limits are honoured like the real
     engine: a completion longer than its limit is truncated and reported as CUTOFF or LENGTH.
     """
 
@@ -30,7 +30,7 @@ class ScriptedEngine:
 
     def generate(self, prompts, n: int, params: SamplingParams, max_tokens=None) -> list[list[Rollout]]:
         texts = [self.tokenizer.decode(ids) for ids in prompts]
-        is_meta = ["<meta>" in t for t in texts]
+        is_meta = ['"pass_rate"' in t for t in texts]
         problems = [self._problem(t) for t in texts]
         (self.meta_calls if all(is_meta) else self.solution_calls).append(problems)
         out = []

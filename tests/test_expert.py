@@ -113,3 +113,12 @@ def test_target_always_parses_to_the_true_statistics(rollouts, scale, min_length
     low = min_length if min_length <= max_tokens else 1
     assert pred.solution_length == min(max(median, low), max_tokens)
     assert pred.notions == ["n"]
+
+
+def test_json_only_target_is_the_json_line_alone():
+    s = stats([True, False], [20, 30])
+    meta = '<meta>kept only when reasoning is asked for</meta>\n{"pass_rate": 1}'
+    target = build_expert_target(meta, s, ["a"], max_response_tokens=64, reasoning=False)
+    assert target == '{"math_notion": ["a"], "pass_rate": 4, "solution_length": 20}'
+    pred = parse_meta_prediction(target)
+    assert (pred.notions, pred.pass_rate, pred.solution_length) == (["a"], 4, 20)

@@ -191,6 +191,24 @@ def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
     assert nll() < start - 0.5
 
 
+def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(
+        tmp_path,
+        "masa",
+        "meta.prompt=compact",
+        "meta.reasoning=false",
+        "meta.expert_sft=true",
+        "data.arithmetic_levels=[4]",
+    )
+    trainer.train_step()
+    meta_prompt = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == "meta").prompt_ids)
+    assert "Reply with this JSON only" in meta_prompt and "<meta>" not in meta_prompt
+    _, target = trainer.expert_buffer[0]
+    text = trainer.tokenizer.decode(target, skip_special_tokens=True)
+    assert text.startswith("{") and "<meta>" not in text and '"pass_rate": 4' in text
+
+
 def test_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
     # Every problem is predicted trivial or unsolvable: all are gated, refills run out, nothing is rolled out.
     trainer = _trainer(

@@ -65,3 +65,39 @@ def test_render_meta_json_is_canonical():
         == '{"math_notion": ["a", "é"], "pass_rate": 3, "solution_length": 200}'
     )
     assert render_meta_json([], 0, 1, notion_word="notions").startswith('{"notions": []')
+
+
+@pytest.mark.parametrize("style", ["paper", "compact"])
+def test_every_built_in_prompt_states_the_problem_keys_and_ranges(style):
+    for reasoning in (True, False):
+        text = build_meta_prompt(
+            "Compute 2 + 3.", max_response_tokens=500, min_length=20, style=style, reasoning=reasoning
+        )
+        assert "Compute 2 + 3." in text
+        for key in ('"math_notion"', '"pass_rate"', '"solution_length"', "8", "20", "500"):
+            assert key in text
+        # JSON-only prompts do not mention the <meta> block at all.
+        assert ("<meta>" in text) is reasoning
+
+
+def test_compact_prompt_is_under_half_the_paper_prompt(tiny):
+    from masa.prompts import encode_user_message
+
+    _, tokenizer = tiny
+    problem = "What is 49 + 6?"
+
+    def tokens(**kw):
+        return len(encode_user_message(tokenizer, build_meta_prompt(problem, max_response_tokens=64, **kw)))
+
+    paper, compact, json_only = tokens(), tokens(style="compact"), tokens(style="compact", reasoning=False)
+    assert json_only < compact < paper / 1.8
+
+
+def test_compact_schema_is_not_a_parseable_answer():
+    text = build_meta_prompt("x", max_response_tokens=64, style="compact", reasoning=False)
+    assert not parse_meta_prediction(text).any_parsed
+
+
+def test_unknown_style_is_rejected():
+    with pytest.raises(ValueError, match="compact"):
+        build_meta_prompt("x", max_response_tokens=64, style="short")

@@ -103,6 +103,18 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--meta-n", type=int, default=8, help="meta predictions per problem with --meta (default 8)"
     )
+    p.add_argument(
+        "--meta-prompt",
+        choices=("paper", "compact"),
+        default="paper",
+        help="meta prompt wording, as the model was trained with (meta.prompt; default paper)",
+    )
+    p.add_argument(
+        "--meta-reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask for <meta> reasoning before the JSON (meta.reasoning; default on)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -138,6 +150,8 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         meta=args.meta,
         meta_n=args.meta_n,
+        meta_prompt=args.meta_prompt,
+        meta_reasoning=args.meta_reasoning,
         answer_fallback=args.answer_fallback,
         max_batch_sequences=args.batch_size,
     )

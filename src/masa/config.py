@@ -105,6 +105,12 @@ class MetaConfig:
     max_new_tokens: int = 96
     temperature: float | None = None
     """Sampling temperature of meta rollouts; null uses rollout.temperature."""
+    prompt: Literal["paper", "compact"] = "paper"
+    """The meta prompt's wording: the paper's (about 210 tokens with the chat scaffold on the embedded model)
+    or a compact one-line schema with the same fields (about 110)."""
+    reasoning: bool = True
+    """Ask for brief reasoning in a <meta> block before the JSON; false asks for the JSON alone (and expert
+    targets are the JSON alone)."""
     pass_rate_scale: int = 8
     """The prompt asks for a pass count out of this many attempts."""
     min_length: int = 128

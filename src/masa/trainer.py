@@ -322,6 +322,8 @@ class Trainer:
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
             notion_word=mc.notion_word,
+            style=mc.prompt,
+            reasoning=mc.reasoning,
         )
         return encode_user_message(self.tokenizer, text)
 
@@ -514,6 +516,7 @@ class Trainer:
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
             notion_word=mc.notion_word,
+            reasoning=mc.reasoning,
         )
         target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return self._meta_ids(problem), target

@@ -117,6 +117,8 @@ class EvalSettings:
     pass_rate_scale: int = MetaConfig.pass_rate_scale
     meta_min_length: int = MetaConfig.min_length
     notion_word: str = MetaConfig.notion_word
+    meta_prompt: str = MetaConfig.prompt
+    meta_reasoning: bool = MetaConfig.reasoning
     gate_tolerance: float = EfficientConfig.gate_tolerance
     gate_min_parsed: int = EfficientConfig.gate_min_parsed
     max_batch_sequences: int = 64
@@ -414,6 +416,8 @@ def _meta_prompt(problem: Problem, settings: EvalSettings) -> str:
         max_response_tokens=settings.max_tokens,
         min_length=settings.meta_min_length,
         notion_word=settings.notion_word,
+        style=settings.meta_prompt,
+        reasoning=settings.meta_reasoning,
     )
 
 

@@ -54,20 +54,23 @@ def build_expert_target(
     max_response_tokens: int,
     min_length: int = DEFAULT_MIN_LENGTH,
     notion_word: str = "math_notion",
+    reasoning: bool = True,
 ) -> str:
     """The SFT completion for a meta prompt: kept (or generic) reasoning, then the true statistics as JSON.
 
     pass_rate = round(p * scale), half up; solution_length = median length of the correct rollouts (of all
-    rollouts when none is correct), half up, clamped to the prompt's length range.
+    rollouts when none is correct), half up, clamped to the prompt's length range. With ``reasoning=False``
+    (a JSON-only meta prompt) the target is the JSON line alone.
     """
     low, high = length_bounds(min_length, max_response_tokens)
-    block = _META_BLOCK.search(meta_text) if meta_text is not None else None
-    reasoning = block.group() if block is not None else GENERIC_REASONING
     # Exact integer form of floor(c * scale / G + 1/2): no float rounding at the .5 boundaries.
     pass_rate = (2 * stats.num_correct * scale + stats.num_rollouts) // (2 * stats.num_rollouts)
     length = _median_half_up(stats.correct_lengths or stats.lengths)
     answer = render_meta_json(notions or [], pass_rate, min(max(length, low), high), notion_word=notion_word)
-    return f"{reasoning}\n{answer}"
+    if not reasoning:
+        return answer
+    block = _META_BLOCK.search(meta_text) if meta_text is not None else None
+    return f"{block.group() if block is not None else GENERIC_REASONING}\n{answer}"
 
 
 def _median_half_up(values: tuple[int, ...]) -> int:

@@ -9,22 +9,44 @@ DEFAULT_MIN_LENGTH = 128
 
 # Placeholders are substituted in a single regex pass (see ``build_meta_prompt``), so the literal JSON braces
 # of a custom template need no escaping and braces inside the problem text are never re-interpreted.
-META_PROMPT_TEMPLATE = """\
+_PAPER_INTRO = """\
 Do not solve the problem below yet. First predict how your own solution will go.
 
 Problem:
 {problem}
 
-Think briefly inside <meta> and </meta>. After </meta>, write one JSON object with these keys:
+"""
+_PAPER_KEYS = """\
 - "{notion_key}": list of the concepts your solution will use (leave out concepts the problem already names)
 - "pass_rate": integer from 0 to {scale}: how many of {scale} attempts you expect to get right
 - "solution_length": integer from {min_length} to {max_length}: how many tokens your solution will take
 
 Output format example:
-<meta>Short reasoning about the problem.</meta>
-{example}"""
+"""
+META_PROMPT_TEMPLATE = (
+    _PAPER_INTRO
+    + "Think briefly inside <meta> and </meta>. After </meta>, write one JSON object with these keys:\n"
+    + _PAPER_KEYS
+    + "<meta>Short reasoning about the problem.</meta>\n{example}"
+)
+"""The paper's prompt: reasoning in a <meta> block, then the JSON, with the keys explained one by one."""
 
-_PLACEHOLDER = re.compile(r"\{(problem|notion_key|scale|min_length|max_length|example)\}")
+# The compact prompts state the keys once, as a schema whose values say what to put there: about a third
+# of the paper prompt's tokens, and nothing in it is a valid answer that could be copied verbatim.
+_COMPACT_INTRO = "Predict your own solution to this problem; do not solve it.\nProblem: {problem}\n"
+TEMPLATES = {
+    ("paper", True): META_PROMPT_TEMPLATE,
+    ("paper", False): _PAPER_INTRO
+    + "Write only one JSON object, with no other text, with these keys:\n"
+    + _PAPER_KEYS
+    + "{example}",
+    ("compact", True): _COMPACT_INTRO + "Think briefly in <meta></meta>, then write this JSON: {schema}",
+    ("compact", False): _COMPACT_INTRO + "Reply with this JSON only: {schema}",
+}
+"""Built-in templates by (``meta.prompt``, ``meta.reasoning``)."""
+PROMPT_STYLES = ("paper", "compact")
+
+_PLACEHOLDER = re.compile(r"\{(problem|notion_key|scale|min_length|max_length|example|schema)\}")
 
 
 def length_bounds(min_length: int, max_response_tokens: int) -> tuple[int, int]:
@@ -56,16 +78,22 @@ def build_meta_prompt(
     max_response_tokens: int,
     min_length: int = DEFAULT_MIN_LENGTH,
     notion_word: str = "math_notion",
+    style: str = "paper",
+    reasoning: bool = True,
     template: str | None = None,
 ) -> str:
     """The user-message text of the meta prompt for one bare problem statement.
 
-    ``notion_word`` names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any
-    key ending in "notion(s)". A custom ``template`` may use the placeholders {problem}, {notion_key},
-    {scale}, {min_length}, {max_length} and {example}.
+    ``style`` is ``paper`` (the paper's wording, keys explained one by one) or ``compact`` (a one-line
+    schema); ``reasoning=False`` asks for the JSON alone, without a <meta> reasoning block. ``notion_word``
+    names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any key ending in
+    "notion(s)". A custom ``template`` replaces the built-in one and may use the placeholders {problem},
+    {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}.
     """
     if pass_rate_scale < 1:
         raise ValueError(f"pass_rate_scale must be >= 1, got {pass_rate_scale}")
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown meta prompt style {style!r}; allowed: {', '.join(PROMPT_STYLES)}")
     low, high = length_bounds(min_length, max_response_tokens)
     # The example's numbers sit mid-range so they do not anchor the model towards an extreme.
     example = render_meta_json(
@@ -78,6 +106,10 @@ def build_meta_prompt(
         "min_length": str(low),
         "max_length": str(high),
         "example": example,
+        "schema": (
+            f'{{"{notion_word}": [concepts used], "pass_rate": <0-{pass_rate_scale}: right answers in '
+            f'{pass_rate_scale} tries>, "solution_length": <{low}-{high}: tokens in your solution>}}'
+        ),
     }
-    chosen = META_PROMPT_TEMPLATE if template is None else template
+    chosen = TEMPLATES[style, reasoning] if template is None else template
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], chosen)
