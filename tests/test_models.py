@@ -43,3 +43,16 @@ def test_unknown_model_names_fail_clearly(tmp_path):
 def test_autocast_choice():
     assert models.resolve_autocast("fp32", torch.device("cpu")) is None
     assert models.resolve_autocast("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_a_loaded_checkpoint_owns_aligned_memory(tmp_path, tiny):
+    """A resumed run computes bit for bit what the run that saved it did (kernels round by alignment)."""
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = models.load_model(str(tmp_path))
+    assert all(p.data_ptr() % 64 == 0 for p in loaded.parameters())
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # still tied
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)

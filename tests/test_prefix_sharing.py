@@ -128,3 +128,16 @@ def test_logprobs_use_each_sequences_own_temperature(tiny):
         )
         torch.testing.assert_close(logprobs[row], expected[:, 0], atol=1e-5, rtol=0)
     assert not torch.allclose(logprobs[0], logprobs[1])
+
+
+def test_shared_gradient_is_bitwise_repeatable(tiny):
+    """A prompt's copies sum their gradients in a fixed order (indexing's scatter-add does not, on CPU)."""
+    model, _ = tiny
+    batch = pack(_sequences()[5:], pad_id=2, share_prompts=True)
+    grads = []
+    for _ in range(12):
+        model.zero_grad(set_to_none=True)
+        (token_logprobs(model, batch) * batch.completion_mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -138,8 +138,21 @@ def load_model(name: str, *, seed: int = 0) -> tuple[PreTrainedModel, PreTrained
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         except OSError as exc:
             raise ModelLoadError(_not_found(name, exc)) from exc
+        _own_aligned_memory(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _own_aligned_memory(model: PreTrainedModel) -> None:
+    """Copy weights that still point into the memory-mapped safetensors file into fresh allocations.
+
+    Mapped tensors sit at the file's byte offsets, not on 64-byte boundaries, and CPU kernels take other
+    code paths (with other rounding) on unaligned data: a model resumed from a checkpoint would then not
+    compute bit for bit what the model that wrote it computed. Tied weights are one parameter, copied once.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
 
 
 def _not_found(name: str, exc: Exception) -> str:

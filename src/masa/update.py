@@ -143,11 +143,14 @@ def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.T
         logits_to_keep=1,
         use_cache=True,
         **cache_arg,
-    ).logits[batch.prompt_index]
+    ).logits
+    first = _repeat_rows(first, batch.prompt_index)
     width = batch.completion_ids.shape[1]
     if width == 1:
         return first
-    cache.reorder_cache(batch.prompt_index)  # one copy of its prompt's keys and values per completion
+    for layer in cache.layers:  # one copy of its prompt's keys and values per completion
+        layer.keys = _repeat_rows(layer.keys, batch.prompt_index)
+        layer.values = _repeat_rows(layer.values, batch.prompt_index)
     prompt_mask = batch.prompt_mask[batch.prompt_index]
     inputs_mask = batch.completion_mask[:, :-1].long()
     offsets = torch.arange(width - 1, device=prompt_mask.device)
@@ -159,6 +162,19 @@ def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.T
         **cache_arg,
     ).logits
     return torch.cat([first, rest], dim=1)
+
+
+def _repeat_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[index]``, with a backward that sums each row's copies in a fixed order.
+
+    Indexing with repeated indices backpropagates through an accumulating scatter whose order changes from
+    run to run on a multi-threaded CPU, so a resumed run would not repeat the original bit for bit;
+    expand's backward is an ordinary reduction, and the final permutation moves each row once.
+    """
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=rows.shape[0]).tolist()
+    grouped = torch.cat([rows[u : u + 1].expand(n, *rows.shape[1:]) for u, n in enumerate(counts) if n])
+    return grouped.index_select(0, torch.argsort(order))
 
 
 def _cache_keyword(model: PreTrainedModel) -> str:
