@@ -50,7 +50,7 @@ from masa.tracking import (
     format_step_line,
     progress_bar,
 )
-from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
+from masa.update import TrainSequence, UpdateSettings, policy_update
 
 RewardFn = Callable[[Problem, list[str], list[Rollout]], Sequence[float]]
 """A custom solution reward: (problem, decoded completions, rollouts) -> one reward per rollout."""
@@ -126,6 +126,12 @@ class Trainer:
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
             temperature=config.rollout.temperature,
+            kind_weights={
+                "solution": 1.0,
+                "meta": config.meta.loss_weight,
+                "expert": config.meta.expert_weight,
+            },
+            aggregation=config.meta.loss_aggregation,
         )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
@@ -150,14 +156,6 @@ class Trainer:
         self.sequential_since: int | None = None
         self.shadow_streak = 0
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
-        # Its own optimiser, so the supervised steps have their own learning rate and moments.
-        self.sft_optimizer = (
-            torch.optim.AdamW(
-                self.model.parameters(), lr=mc.expert_lr, betas=tuple(a.betas), weight_decay=0.0
-            )
-            if mc.expert_sft and config.algo.name != "grpo"
-            else None
-        )
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
@@ -184,7 +182,7 @@ class Trainer:
         3. Solution rewards; (parallel stage) M meta rollouts of the same problems.
         4. Meta rewards against this step's solution statistics.
         5. GRPO advantages in separate groups: solutions per problem, metas per problem.
-        6. One policy update over solution and meta tokens together; then the optional expert SFT step.
+        6. One optimiser step on L_solution + w_meta * L_meta (+ w_expert * the expert targets' SFT loss).
         """
         started = time.perf_counter()
         masa = self.cfg.algo.name != "grpo"
@@ -227,12 +225,15 @@ class Trainer:
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
-            TrainSequence(
-                m.rollout.prompt_ids, m.rollout.completion_ids, a, self.cfg.meta.token_weight, "meta"
-            )
+            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta")
             for group, advantages in zip(metas, meta_adv.advantages, strict=False)
             for m, a in zip(group, advantages, strict=True)
         ]
+        expert_log: dict[str, float] = {}
+        if masa and self.cfg.meta.expert_sft:
+            expert, expert_log = self._expert_sequences(problems, metas, stats)
+            sequences += expert
+        every = self.cfg.train.grad_stats_every
         update_log = policy_update(
             self.model,
             self.optimizer,
@@ -243,8 +244,8 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             ref_model=self.ref_model,
             rng=self.update_rng,
+            grad_stats=bool(every) and self.step % every == 0,
         )
-        expert_log = self._expert_sft(problems, metas, stats) if masa and self.cfg.meta.expert_sft else {}
         finished = time.perf_counter()
 
         if sequential:
@@ -457,10 +458,10 @@ class Trainer:
             "gate/f1_cumulative": total["f1"],
         }
 
-    def _expert_sft(
+    def _expert_sequences(
         self, problems: list[Problem], metas: list[list[MetaRollout]], stats: list[SolutionStats]
-    ) -> dict[str, float]:
-        """Buffer corrected expert meta trajectories; every K steps, one supervised step on a sample."""
+    ) -> tuple[list[TrainSequence], dict[str, float]]:
+        """Buffer corrected expert meta trajectories; every K steps, a sample of them joins the update."""
         mc = self.cfg.meta
         added = 0
         for problem, group, st in zip(problems, metas, stats, strict=True):
@@ -471,18 +472,10 @@ class Trainer:
         del self.expert_buffer[: -mc.expert_buffer]
         log: dict[str, float] = {"expert/targets_added": added, "expert/buffer": len(self.expert_buffer)}
         if (self.step + 1) % mc.expert_every or not self.expert_buffer:
-            return log
+            return [], log
         picks = self.update_rng.sample(self.expert_buffer, min(mc.expert_batch, len(self.expert_buffer)))
-        log["expert/sft_loss"] = sft_step(
-            self.model,
-            self.sft_optimizer,
-            [TrainSequence(prompt, target, 0.0) for prompt, target in picks],
-            pad_id=self.tokenizer.pad_token_id,
-            micro_batch_sequences=self.cfg.algo.micro_batch_sequences,
-            grad_clip=self.cfg.algo.grad_clip,
-            autocast_dtype=self.autocast_dtype,
-        )
-        return log
+        log["expert/targets_trained"] = len(picks)
+        return [TrainSequence(prompt, target, 0.0, kind="expert") for prompt, target in picks], log
 
     def _expert_target(
         self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats
@@ -573,7 +566,6 @@ class Trainer:
             "sequential_since": self.sequential_since,
             "shadow_streak": self.shadow_streak,
             "expert_buffer": self.expert_buffer,
-            "sft_optimizer": self.sft_optimizer.state_dict() if self.sft_optimizer else None,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -587,8 +579,6 @@ class Trainer:
         self.sequential_since = state["sequential_since"]
         self.shadow_streak = state["shadow_streak"]
         self.expert_buffer = state["expert_buffer"]
-        if self.sft_optimizer is not None and state["sft_optimizer"] is not None:
-            self.sft_optimizer.load_state_dict(state["sft_optimizer"])
         set_rng_state(state["rng"])
 
     def save(self) -> Path:
