@@ -40,6 +40,7 @@ from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
+from masa.rng import RngStreams, stream_seed
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.tracking import (
@@ -143,7 +144,8 @@ class Trainer:
         self.sampler = ProblemSampler(
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
         )
-        self.update_rng = random.Random(config.train.seed)
+        self.streams = RngStreams(config.train.seed)
+        self.update_rng = self.streams.generator("update")
         mc, e = config.meta, config.efficient
         self.meta_weights = MetaRewardWeights(mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
         self.gate = PredictiveGate(
@@ -151,7 +153,7 @@ class Trainer:
             tolerance=e.gate_tolerance,
             min_parsed=e.gate_min_parsed,
             audit_fraction=e.audit_fraction,
-            seed=config.train.seed,
+            seed=stream_seed(config.train.seed, "audits"),
         )
         self.sequential_since: int | None = None
         self.shadow_streak = 0
@@ -202,7 +204,9 @@ class Trainer:
             else None
         )
         prompts = [self._solution_ids(p, hints[i] if hints else None) for i, p in enumerate(problems)]
-        groups = self.engine.generate(prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits)
+        groups = self.engine.generate(
+            prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits, seed=self.streams.draw("solutions")
+        )
         texts = [self._decode(g) for g in groups]
         rewards = [self._score(p, t, g) for p, t, g in zip(problems, texts, groups, strict=True)]
         if masa and not sequential:
@@ -333,7 +337,9 @@ class Trainer:
             return []
         mc = self.cfg.meta
         params = SamplingParams(self.cfg.rollout.temperature, self.cfg.rollout.top_p, mc.max_new_tokens)
-        groups = self.engine.generate([self._meta_ids(p) for p in problems], mc.n, params)
+        groups = self.engine.generate(
+            [self._meta_ids(p) for p in problems], mc.n, params, seed=self.streams.draw("metas")
+        )
         return [
             [
                 MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))
@@ -560,7 +566,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "update_rng": self.update_rng.getstate(),
+            "rng_streams": self.streams.state_dict(),
             "elapsed": self.elapsed,
             "gate": self.gate.state_dict(),
             "sequential_since": self.sequential_since,
@@ -572,7 +578,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
-        self.update_rng.setstate(state["update_rng"])
+        self.streams.load_state_dict(state["rng_streams"])
         self.elapsed = state["elapsed"]
         self.step = state["step"]
         self.gate.load_state_dict(state["gate"])
