@@ -12,7 +12,8 @@ PROMPT_B = [1, 44, 8, 300]
 
 
 def _sequences() -> list[TrainSequence]:
-    """Two groups of different prompt lengths, ragged completions, zero advantages, two temperatures."""
+    """Two groups of different prompt lengths, ragged completions, zero and per-token advantages, two
+    temperatures, and an expert target on a meta prompt."""
     g = torch.Generator().manual_seed(0)
 
     def completion(n: int) -> list[int]:
@@ -23,10 +24,12 @@ def _sequences() -> list[TrainSequence]:
         for n, adv in zip((5, 1, 7, 3, 6), (1.2, -0.4, 0.0, -0.8, 0.5), strict=True)
     ]
     metas = [
-        TrainSequence(PROMPT_B, completion(n), adv, token_weight=0.5, kind="meta", temperature=0.7)
+        TrainSequence(PROMPT_B, completion(n), adv, kind="meta", temperature=0.7)
         for n, adv in zip((4, 8, 2, 6), (0.9, 0.0, -1.1, 0.3), strict=True)
     ]
-    return solutions + metas
+    metas[0].token_advantages = [0.9, 0.0, -0.5, 2.0]
+    expert = TrainSequence(PROMPT_B, completion(5), 0.0, kind="expert")
+    return solutions + metas + [expert]
 
 
 def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -40,7 +43,7 @@ def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict
         optimizer,
         scheduler,
         sequences,
-        UpdateSettings(grad_clip=1e9, **settings),
+        UpdateSettings(grad_clip=1e9, kind_weights={"solution": 1.0, "meta": 0.5, "expert": 0.3}, **settings),
         pad_id=2,
     )
     return {name: before[name] - p.detach() for name, p in model.named_parameters()}, log
@@ -57,7 +60,7 @@ def test_prefix_shared_gradient_equals_unshared(tiny, micro_batch_sequences):
         model, sequences, prefix_sharing=False, micro_batch_sequences=micro_batch_sequences
     )
     # Zero-advantage sequences are still skipped.
-    assert shared_log["update/trained_sequences"] == unshared_log["update/trained_sequences"] == 7
+    assert shared_log["update/trained_sequences"] == unshared_log["update/trained_sequences"] == 8
     assert shared_log["update/loss"] == pytest.approx(unshared_log["update/loss"], abs=1e-6)
     largest = max(float(g.abs().max()) for g in unshared.values())
     assert largest > 1e-3  # a real gradient, not two zeros agreeing
@@ -88,10 +91,13 @@ def test_shared_update_forwards_each_prompt_once(tiny):
         unshared_tokens = sum(seen)
     finally:
         handle.remove()
-    active = [s for s in sequences if s.advantage != 0.0]
-    widest = max(len(s.completion_ids) for s in active)
-    # Shared: two prompt rows, then every completion row minus its last token (inputs only).
-    assert shared_tokens == 2 * len(PROMPT_A) + len(active) * (widest - 1)
+    expected = 0
+    for kind, prompt in (("solution", PROMPT_A), ("meta", PROMPT_B), ("expert", PROMPT_B)):
+        active = [s for s in sequences if s.kind == kind and (s.advantage != 0.0 or kind == "expert")]
+        widest = max(len(s.completion_ids) for s in active)
+        # Each kind's micro-batch: its one prompt row, then every completion minus its last token.
+        expected += len(prompt) + len(active) * (widest - 1) if len(active) > 1 else len(prompt) + widest
+    assert shared_tokens == expected
     assert shared_tokens < unshared_tokens
 
 
@@ -133,7 +139,7 @@ def test_logprobs_use_each_sequences_own_temperature(tiny):
 def test_shared_gradient_is_bitwise_repeatable(tiny):
     """A prompt's copies sum their gradients in a fixed order (indexing's scatter-add does not, on CPU)."""
     model, _ = tiny
-    batch = pack(_sequences()[5:], pad_id=2, share_prompts=True)
+    batch = pack(_sequences()[5:9], pad_id=2, share_prompts=True)
     grads = []
     for _ in range(12):
         model.zero_grad(set_to_none=True)
