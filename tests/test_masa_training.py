@@ -111,9 +111,9 @@ def test_meta_rollouts_sample_and_train_at_meta_temperature(tmp_path, monkeypatc
     temperatures = []
     real_generate = trainer.engine.generate
 
-    def recording(prompts, n, params, max_tokens=None):
+    def recording(prompts, n, params, max_tokens=None, seed=None):
         temperatures.append(params.temperature)
-        return real_generate(prompts, n, params, max_tokens)
+        return real_generate(prompts, n, params, max_tokens, seed=seed)
 
     trainer.engine.generate = recording
     trainer.train_step()
