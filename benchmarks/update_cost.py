@@ -5,8 +5,9 @@ metas) with the real solution and meta prompts of arithmetic problems and comple
 SmolLM2 MASA run produces (token ids drawn at random: an update's cost depends on lengths, not on which
 tokens). Every arm updates a fresh copy of the same model from the same batch; arms run interleaved, and
 both wall-clock and process CPU seconds are reported (CPU seconds are the steadier number on a shared
-machine). The default is a quarter of the preset's step (2 of 8 problems), so that it fits in minutes on a
-2-core CPU; the update's cost is linear in the number of problems.
+machine). The default is one problem's share of the preset's step (1 of 8 problems: 8 solutions and 8
+metas, all with a learning signal), so that it fits in minutes on a 2-core CPU; the update's cost is linear
+in the number of problems.
 
     nice -n 10 python benchmarks/update_cost.py            # writes benchmarks/results/update_cost.json
 """
@@ -47,8 +48,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--problems", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--problems", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="timed updates per arm; 0 counts tokens only")
+    parser.add_argument(
+        "--timed-paths",
+        nargs="+",
+        default=["paper", "compact, JSON only"],
+        choices=list(META_PATHS),
+        help="meta paths whose update is timed (all get their token counts)",
+    )
     parser.add_argument("--zero-variance-groups", type=float, default=0.5, help="share of solution groups")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "update_cost.json")
     args = parser.parse_args()
@@ -57,7 +65,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     problems, _ = arithmetic_splits(seed=0, n_train=args.problems, n_eval=1, levels=[1, 2, 3, 4, 5])
     rng = random.Random(0)
-    max_response = config.rollout.max_new_tokens
+    limits = {"max_response_tokens": config.rollout.max_new_tokens, "min_length": config.meta.min_length}
     # A JSON-only answer naming one concept, as the expert targets are written, plus end of sequence.
     json_only_tokens = len(tokenizer(render_meta_json(["addition"], 4, 32))["input_ids"]) + 1
 
@@ -65,9 +73,7 @@ def main() -> None:
         name: [
             encode_user_message(
                 tokenizer,
-                build_meta_prompt(
-                    p.prompt, max_response_tokens=max_response, style=style, reasoning=reasoning
-                ),
+                build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning),
             )
             for p in problems
         ]
@@ -101,7 +107,8 @@ def main() -> None:
         )
     ]
     batches = {"GRPO (solutions only)": solutions}
-    for name, prompts in meta_prompts.items():
+    for name in args.timed_paths:
+        prompts = meta_prompts[name]
         metas = [
             seq
             for prompt in prompts
@@ -116,7 +123,7 @@ def main() -> None:
     timings: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for repeat in range(args.repeats):
         for name, sequences in batches.items():
-            for shared in (False, True):
+            for shared in (True, False):
                 policy = copy.deepcopy(model)
                 optimizer = torch.optim.AdamW(policy.parameters(), lr=a.lr, betas=tuple(a.betas))
                 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -132,9 +139,8 @@ def main() -> None:
                 timings.setdefault((name, shared), []).append(
                     (time.perf_counter() - wall, time.process_time() - cpu)
                 )
-                print(
-                    f"round {repeat} {name} shared={shared}: {time.perf_counter() - wall:.1f} s", flush=True
-                )
+                wall_s, cpu_s = timings[name, shared][-1]
+                print(f"round {repeat} {name} shared={shared}: {wall_s:.1f} s, {cpu_s:.1f} CPU s", flush=True)
 
     for name, sequences in batches.items():
         active = [s for s in sequences if s.advantage != 0.0]
@@ -144,15 +150,24 @@ def main() -> None:
         row = {"batch": name, "sequences": len(sequences), "trained_sequences": len(active)}
         row["update_tokens_unshared"] = unshared_tokens
         row["update_tokens_shared"] = shared_tokens
-        for shared in (False, True):
+        for shared in (False, True) if args.repeats else ():
             key = "shared" if shared else "unshared"
             row[f"wall_s_{key}"] = statistics.median(w for w, _ in timings[name, shared])
             row[f"cpu_s_{key}"] = statistics.median(c for _, c in timings[name, shared])
         rows.append(row)
 
+    # Prompt lengths over many problems (all levels), not only the timed ones.
+    counted, _ = arithmetic_splits(seed=0, n_train=200, n_eval=1, levels=[1, 2, 3, 4, 5])
     prompt_rows = []
-    for name, prompts in meta_prompts.items():
-        prompt_tokens = statistics.fmean(len(p) for p in prompts)
+    for name, (style, reasoning) in META_PATHS.items():
+        prompt_tokens = statistics.fmean(
+            len(
+                encode_user_message(
+                    tokenizer, build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning)
+                )
+            )
+            for p in counted
+        )
         completion_tokens = meta_lengths[name]
         m = config.meta.n
         prompt_rows.append(
@@ -178,7 +193,7 @@ def main() -> None:
         "\n| update batch | trained seqs | tokens unshared → shared | wall s unshared → shared | CPU s unshared → shared |"
     )
     print("|---|---|---|---|---|")
-    for r in rows:
+    for r in rows if args.repeats else ():
         print(
             f"| {r['batch']} | {r['trained_sequences']} | {r['update_tokens_unshared']} → {r['update_tokens_shared']} | "
             f"{r['wall_s_unshared']:.1f} → {r['wall_s_shared']:.1f} | {r['cpu_s_unshared']:.1f} → {r['cpu_s_shared']:.1f} |"
