@@ -24,11 +24,17 @@ class ScriptedEngine:
         self.meta = meta
         self.solution_calls: list[list[Problem]] = []
         self.meta_calls: list[list[Problem]] = []
+        self.weights_version = 0
+
+    def load_weights(self, named_tensors, version: int) -> None:
+        self.weights_version = version
 
     def _problem(self, text: str) -> Problem:
         return next(p for p in self.problems if p.prompt in text)
 
-    def generate(self, prompts, n: int, params: SamplingParams, max_tokens=None) -> list[list[Rollout]]:
+    def generate(
+        self, prompts, n: int, params: SamplingParams, max_tokens=None, seed=None
+    ) -> list[list[Rollout]]:
         texts = [self.tokenizer.decode(ids) for ids in prompts]
         is_meta = ["<meta>" in t for t in texts]
         problems = [self._problem(t) for t in texts]

@@ -22,6 +22,9 @@ class TrainSequence:
     token_weight: float = 1.0
     """Multiplies this sequence's per-token loss (MASA's meta-token weight)."""
     kind: str = "solution"
+    sampler_logprobs: list[float] | None = None
+    """The engine's log-probability of each completion token when it was sampled (for off-policy
+    correction when the sampler is not the policy module itself, e.g. vLLM)."""
 
 
 @dataclass
@@ -33,6 +36,7 @@ class PackedBatch:
     completion_mask: torch.Tensor  # (B, C) float, 1 on real completion tokens
     advantages: torch.Tensor  # (B,)
     token_weights: torch.Tensor  # (B,)
+    sampler_logprobs: torch.Tensor | None = None  # (B, C), when every sequence carries them
 
 
 def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device | str = "cpu") -> PackedBatch:
@@ -49,6 +53,14 @@ def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device |
     # Positions count real tokens only, exactly as generate() numbers a left-padded prompt.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     completion_mask = attention_mask[:, prompt_width:].float()
+    sampler = None
+    if all(s.sampler_logprobs is not None for s in sequences):
+        sampler = torch.zeros((rows, completion_width), dtype=torch.float32)
+        for row, seq in enumerate(sequences):
+            sampler[row, : len(seq.sampler_logprobs)] = torch.tensor(
+                seq.sampler_logprobs, dtype=torch.float32
+            )
+        sampler = sampler.to(device)
     return PackedBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -57,6 +69,7 @@ def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device |
         completion_mask=completion_mask.to(device),
         advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32, device=device),
         token_weights=torch.tensor([s.token_weight for s in sequences], dtype=torch.float32, device=device),
+        sampler_logprobs=sampler,
     )
 
 
@@ -73,6 +86,18 @@ def token_logprobs(model: PreTrainedModel, batch: PackedBatch, temperature: floa
     logits = logits.float() / temperature
     chosen = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def truncated_importance_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Per-token min(exp(old - sampler), cap), detached (TRL's vllm_importance_sampling_correction).
+
+    The rollouts were drawn from the sampler's distribution, not exactly the policy's (other kernels and
+    precision); weighting each token by pi_old / pi_sampler makes the gradient an estimate under the
+    policy again, and the cap bounds the variance a token the sampler found unlikely would add.
+    """
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
 
 
 @dataclass(frozen=True)
@@ -95,13 +120,15 @@ def clipped_policy_loss(
     token_weights: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """PPO's pessimistic clipped objective with separate lower/upper clip ("clip-higher").
 
     Per token: max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high)) with r = exp(logp - old_logp).
     Token-mean aggregation: the sum over every masked token divided by ``normaliser``, the token count of
     the whole optimiser batch, so micro-batches with gradient accumulation give the same gradient as one
-    big batch. With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token.
+    big batch. With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token. ``is_weights``
+    (per token, from ``truncated_importance_weights``) scale the policy-gradient term, not the KL term.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -109,6 +136,8 @@ def clipped_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     ref_kl = torch.zeros((), device=logprobs.device)
     if ref_logprobs is not None and kl_coef > 0:
         delta = ref_logprobs - logprobs
@@ -141,6 +170,11 @@ class UpdateSettings:
     micro_batch_sequences: int = 16
     grad_clip: float = 1.0
     temperature: float = 1.0
+    recompute_old_logprobs: bool = False
+    """Compute the old log-probs with the policy before updating even for a single optimiser step: needed
+    when the rollouts were not sampled by the policy module itself (vLLM), where ratio == 1 would not hold."""
+    importance_sampling_cap: float | None = None
+    """Cap of the truncated importance-sampling weight against the sampler's log-probs; None disables it."""
 
 
 def policy_update(
@@ -158,8 +192,10 @@ def policy_update(
     """Optimise the policy on one batch of rollouts; returns averaged loss statistics.
 
     Old log-probs are recomputed once, before any parameter changes, when the batch is used for more than
-    one optimiser step; with a single step the ratio is exactly 1 at the start, so the current log-probs
-    detached serve and the extra forward pass is skipped.
+    one optimiser step or ``settings.recompute_old_logprobs`` asks for it; otherwise (one step, rollouts
+    from the policy module itself) the ratio is exactly 1 at the start, so the current log-probs detached
+    serve and the extra forward pass is skipped. With recomputed old log-probs and the sampler's own, the
+    gap between them is reported and, with ``settings.importance_sampling_cap``, corrected for.
     """
     device = next(model.parameters()).device
     rng = rng or random.Random(0)
@@ -182,7 +218,9 @@ def policy_update(
         plans.append((normaliser, [tuple(active[j : j + step]) for j in range(0, len(active), step)]))
     packed = {key: pack([sequences[i] for i in key], pad_id, device) for _, micro in plans for key in micro}
 
-    reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
+    reuse_current = (
+        settings.ppo_epochs == 1 and settings.mini_batches == 1 and not settings.recompute_old_logprobs
+    )
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
@@ -191,6 +229,32 @@ def policy_update(
                 old[key] = token_logprobs(model, batch, settings.temperature)
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch, settings.temperature)
+    is_weights: dict[tuple[int, ...], torch.Tensor] = {}
+    off_policy: dict[str, float] = {}
+    sampled = {key: batch for key, batch in packed.items() if batch.sampler_logprobs is not None}
+    gaps = torch.cat(
+        [
+            (old[k] - b.sampler_logprobs).abs()[b.completion_mask.bool()]
+            for k, b in sampled.items()
+            if k in old
+        ]
+        or [torch.zeros(0)]
+    )
+    if gaps.numel():
+        off_policy = {
+            "rollout/logprob_gap_mean": float(gaps.mean()),
+            "rollout/logprob_gap_max": float(gaps.max()),
+        }
+        if settings.importance_sampling_cap is not None:
+            for key, batch in sampled.items():
+                is_weights[key] = truncated_importance_weights(
+                    old[key], batch.sampler_logprobs, settings.importance_sampling_cap
+                )
+            weights = torch.cat([w[sampled[k].completion_mask.bool()] for k, w in is_weights.items()])
+            off_policy["rollout/is_weight_mean"] = float(weights.mean())
+            off_policy["rollout/is_capped_fraction"] = float(
+                (weights >= settings.importance_sampling_cap).float().mean()
+            )
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     grad_norms: list[float] = []
@@ -220,6 +284,7 @@ def policy_update(
                     token_weights=batch.token_weights,
                     ref_logprobs=ref.get(key),
                     kl_coef=settings.kl_coef,
+                    is_weights=is_weights.get(key),
                 )
                 loss.backward()
                 totals["loss"] += float(loss.detach())
@@ -236,6 +301,7 @@ def policy_update(
     metrics["update/skipped_minibatches"] = skipped
     metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
     metrics["update/lr"] = scheduler.get_last_lr()[0]
+    metrics.update(off_policy)
     return metrics
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -23,7 +24,14 @@ from masa.rollout.types import FinishReason, Rollout, SamplingParams
 
 
 class RolloutEngine(Protocol):
-    """What the trainer and evaluator need from a generator; a vLLM engine implements the same."""
+    """What the trainer and evaluator need from a generator (``HFEngine``, ``VLLMEngine``).
+
+    An engine either shares the policy module (HF: nothing to send) or holds its own copy of the weights
+    (vLLM, or a future remote ``vllm serve`` fleet): ``load_weights`` replaces that copy and records the
+    policy version it now holds, so a trainer can refuse to sample from a stale engine.
+    """
+
+    weights_version: int
 
     def generate(
         self,
@@ -31,10 +39,40 @@ class RolloutEngine(Protocol):
         n: int,
         params: SamplingParams,
         max_tokens: Sequence[int] | None = None,
+        seed: int | None = None,
     ) -> list[list[Rollout]]:
-        """``n`` completions of each prompt; ``max_tokens[i]`` caps prompt i's completions below
-        ``params.max_new_tokens`` (finish reason CUTOFF when it bites)."""
+        """``n`` completions of each prompt, prompt-major; ``max_tokens[i]`` caps prompt i's completions
+        below ``params.max_new_tokens`` (finish reason CUTOFF when it bites). ``seed`` makes the call's
+        sampling reproducible without touching any other random stream."""
         ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Hold these weights (checkpoint names, as ``model.named_parameters()``) as policy ``version``."""
+        ...
+
+
+def prompt_limits(
+    prompts: Sequence[list[int]], params: SamplingParams, max_tokens: Sequence[int] | None
+) -> list[int]:
+    """Each prompt's token limit: its own ``max_tokens`` entry, clamped to [1, ``params.max_new_tokens``]."""
+    if max_tokens is not None and len(max_tokens) != len(prompts):
+        raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
+    if max_tokens is None:
+        return [params.max_new_tokens] * len(prompts)
+    return [max(1, min(int(limit), params.max_new_tokens)) for limit in max_tokens]
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+def limit_reason(limit: int, params: SamplingParams) -> FinishReason:
+    """Why a completion that reached its limit stopped: its own cutoff, or the global maximum."""
+    return FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
 
 
 class _SampleAndRecord(LogitsProcessor):
@@ -100,11 +138,13 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.max_batch_sequences = max_batch_sequences
         self.autocast_dtype = autocast_dtype
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = sorted(i for i in eos_ids if i is not None)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.weights_version = 0
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Nothing to copy: this engine samples from the policy module itself."""
+        self.weights_version = version
 
     @torch.no_grad()
     def generate(
@@ -113,28 +153,30 @@ class HFEngine:
         n: int,
         params: SamplingParams,
         max_tokens: Sequence[int] | None = None,
+        seed: int | None = None,
     ) -> list[list[Rollout]]:
-        if max_tokens is not None and len(max_tokens) != len(prompts):
-            raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
-        limits = [
-            params.max_new_tokens
-            if max_tokens is None
-            else max(1, min(int(max_tokens[i]), params.max_new_tokens))
-            for i in range(len(prompts))
-        ]
+        limits = prompt_limits(prompts, params, max_tokens)
         jobs = [(i, limits[i]) for i in range(len(prompts)) for _ in range(n)]
         results: list[list[Rollout]] = [[] for _ in prompts]
         was_training = self.model.training
         self.model.eval()
-        try:
-            for start in range(0, len(jobs), self.max_batch_sequences):
-                chunk = jobs[start : start + self.max_batch_sequences]
-                for (prompt_index, _), rollout in zip(
-                    chunk, self._generate_chunk(prompts, chunk, params), strict=True
-                ):
-                    results[prompt_index].append(rollout)
-        finally:
-            self.model.train(was_training)
+        with contextlib.ExitStack() as stack:
+            if seed is not None:
+                stack.enter_context(
+                    torch.random.fork_rng(
+                        devices=[self.model.device] if self.model.device.type == "cuda" else []
+                    )
+                )
+                torch.manual_seed(seed)
+            try:
+                for start in range(0, len(jobs), self.max_batch_sequences):
+                    chunk = jobs[start : start + self.max_batch_sequences]
+                    for (prompt_index, _), rollout in zip(
+                        chunk, self._generate_chunk(prompts, chunk, params), strict=True
+                    ):
+                        results[prompt_index].append(rollout)
+            finally:
+                self.model.train(was_training)
         return results
 
     def _generate_chunk(
@@ -177,8 +219,7 @@ class HFEngine:
             if len(is_eos):
                 length, reason = int(is_eos[0]) + 1, FinishReason.STOP
             else:
-                length = len(tokens)
-                reason = FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
+                length, reason = len(tokens), limit_reason(limit, params)
             yield Rollout(
                 prompt_ids=list(prompts[i]),
                 completion_ids=tokens[:length].tolist(),
