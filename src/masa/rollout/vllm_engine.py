@@ -108,10 +108,10 @@ class VLLMEngine:
     """
 
     def __init__(self, options: VLLMOptions, eos_ids: Sequence[int]):
+        self.dtype = resolve_dtype(options.dtype, options.device)  # before the slow import: fail fast
         vllm = import_vllm(options)
         self.options = options
         self.eos_ids = sorted(eos_ids)
-        self.dtype = resolve_dtype(options.dtype, options.device)
         self._sampling_params = vllm.SamplingParams
         try:
             self.llm = vllm.LLM(
@@ -127,8 +127,6 @@ class VLLMEngine:
                 # The sampled token's log-probability after temperature and top-p, as HFEngine records it
                 # (the default raw mode ignores the temperature).
                 logprobs_mode="processed_logprobs",
-                # masa tokenizes and decodes itself; vLLM only ever sees token ids.
-                skip_tokenizer_init=True,
             )
         except Exception as exc:
             raise EngineSetupError(f"vLLM cannot load model {options.model!r}: {_first_line(exc)}") from exc
@@ -168,7 +166,7 @@ class VLLMEngine:
                 max_tokens=limits[i],
                 stop_token_ids=self.eos_ids,
                 logprobs=0,  # the sampled token's own log-probability only
-                detokenize=False,
+                detokenize=False,  # masa decodes itself
                 seed=seeds.getrandbits(63) if seeds is not None else None,
             )
             for i in jobs
