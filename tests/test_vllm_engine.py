@@ -61,10 +61,7 @@ def engine(smollm2):
 
 def _prompts(tokenizer):
     chats = ["Reply with the single word: yes.", "Count from 1 to 50 in words.", "What is 7 + 5?"]
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True)
-        for c in chats
-    ]
+    return [encode_user_message(tokenizer, c) for c in chats]
 
 
 def _recompute(model, tokenizer, rollouts, temperature):
