@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from masa.config import PRESETS, ConfigError, apply_overrides, config_from_dict, describe_options, load_config
 
@@ -277,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _run_report(args, console)
     except _user_errors(args.command) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        # escape: messages quote install commands and paths with brackets, e.g. masa[vllm-cpu]
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     return 1
 
