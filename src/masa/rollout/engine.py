@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -41,9 +40,9 @@ class RolloutEngine(Protocol):
         max_tokens: Sequence[int] | None = None,
         seed: int | None = None,
     ) -> list[list[Rollout]]:
-        """``n`` completions of each prompt, prompt-major; ``max_tokens[i]`` caps prompt i's completions
-        below ``params.max_new_tokens`` (finish reason CUTOFF when it bites). ``seed`` makes the call's
-        sampling reproducible without touching any other random stream."""
+        """``n`` completions of each prompt; ``max_tokens[i]`` caps prompt i's completions below
+        ``params.max_new_tokens`` (finish reason CUTOFF when it bites). With a ``seed`` the samples
+        depend on it alone, not on (and without changing) the global RNG."""
         ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -146,7 +145,6 @@ class HFEngine:
         """Nothing to copy: this engine samples from the policy module itself."""
         self.weights_version = version
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[list[int]],
@@ -155,28 +153,35 @@ class HFEngine:
         max_tokens: Sequence[int] | None = None,
         seed: int | None = None,
     ) -> list[list[Rollout]]:
+        if seed is None:
+            return self._generate(prompts, n, params, max_tokens)
+        device = self.model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._generate(prompts, n, params, max_tokens)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+        max_tokens: Sequence[int] | None,
+    ) -> list[list[Rollout]]:
         limits = prompt_limits(prompts, params, max_tokens)
         jobs = [(i, limits[i]) for i in range(len(prompts)) for _ in range(n)]
         results: list[list[Rollout]] = [[] for _ in prompts]
         was_training = self.model.training
         self.model.eval()
-        with contextlib.ExitStack() as stack:
-            if seed is not None:
-                stack.enter_context(
-                    torch.random.fork_rng(
-                        devices=[self.model.device] if self.model.device.type == "cuda" else []
-                    )
-                )
-                torch.manual_seed(seed)
-            try:
-                for start in range(0, len(jobs), self.max_batch_sequences):
-                    chunk = jobs[start : start + self.max_batch_sequences]
-                    for (prompt_index, _), rollout in zip(
-                        chunk, self._generate_chunk(prompts, chunk, params), strict=True
-                    ):
-                        results[prompt_index].append(rollout)
-            finally:
-                self.model.train(was_training)
+        try:
+            for start in range(0, len(jobs), self.max_batch_sequences):
+                chunk = jobs[start : start + self.max_batch_sequences]
+                for (prompt_index, _), rollout in zip(
+                    chunk, self._generate_chunk(prompts, chunk, params), strict=True
+                ):
+                    results[prompt_index].append(rollout)
+        finally:
+            self.model.train(was_training)
         return results
 
     def _generate_chunk(
