@@ -149,14 +149,17 @@ def test_weights_follow_a_training_step_and_back(engine, smollm2):
         pad_id=tokenizer.pad_token_id,
     )
     try:
-        engine.load_weights(policy.named_parameters(), version=1)
+        engine.load_weights(policy.named_parameters(remove_duplicate=False), version=1)
         assert engine.weights_version == 1
         after = engine.generate(prompts, 1, greedy)
         assert [g[0].completion_ids for g in after] != [g[0].completion_ids for g in before]
         sampled = [r for g in engine.generate(prompts, 2, SamplingParams(0.7, 1.0, 16), seed=2) for r in g]
-        assert _max_gap(policy.eval(), tokenizer, sampled, 0.7) < 1e-4
+        # fp32 kernel noise only (a large step sharpens the distributions, hence a looser bound than the
+        # unperturbed model's 1e-4), and far below the gap to the weights before the step
+        assert _max_gap(policy.eval(), tokenizer, sampled, 0.7) < 5e-4
+        assert _max_gap(model, tokenizer, sampled, 0.7) > 1e-2
     finally:
-        engine.load_weights(model.named_parameters(), version=2)
+        engine.load_weights(model.named_parameters(remove_duplicate=False), version=2)
     restored = engine.generate(prompts, 1, greedy)
     assert [g[0].completion_ids for g in restored] == [g[0].completion_ids for g in before]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import signal
@@ -120,7 +121,8 @@ class Trainer:
                 seed=config.train.seed,
                 threads=config.model.threads,
             ),
-            self.model.named_parameters,
+            # Tied weights under every name: vLLM's CPU backend keeps its own packed copy of a tied lm_head.
+            functools.partial(self.model.named_parameters, remove_duplicate=False),
         )
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens

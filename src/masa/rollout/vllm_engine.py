@@ -76,6 +76,7 @@ def configure_environment(options: VLLMOptions) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     if options.device == "cpu":
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kv_cache_gb)
+        # Read by vLLM's worker processes (tensor_parallel_size > 1); in-process it uses torch's threads.
         cores = sorted(os.sched_getaffinity(0))
         if options.cpu_threads:
             cores = cores[: options.cpu_threads]
@@ -134,6 +135,10 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Replace vLLM's weights with ``named_tensors`` (checkpoint names and layout, any dtype).
+
+        Tied weights must come under each of their names (``named_parameters(remove_duplicate=False)``):
+        a layer that receives nothing keeps its old tensors, and the CPU backend packs a tied lm_head
+        separately from the embedding.
 
         ``reload_weights`` goes through each model's checkpoint loader, so fused and repacked layers (the
         CPU backend repacks linear weights) are rebuilt as when loading from disk; cached prefixes were
