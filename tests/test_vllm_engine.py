@@ -192,9 +192,12 @@ def test_training_on_vllm_then_resume(tmp_path, capsys, algo):
     steps = [r for r in rows if "perf/step_seconds" in r]
     assert len(steps) == 2
     for row in steps:
-        assert row["rollout/logprob_gap_max"] < 1e-3  # fp32 vLLM against the fp32 policy
-        assert row["perf/weight_sync_seconds"] > 0
-        assert "rollout/is_weight_mean" in row
+        if row["update/trained_sequences"]:  # an optimiser step: new weights, sent to vLLM
+            assert row["rollout/logprob_gap_max"] < 1e-3  # fp32 vLLM against the fp32 policy
+            assert "rollout/is_weight_mean" in row
+            assert row["perf/weight_sync_seconds"] > 0
+        else:  # every group had equal rewards: no step, nothing to send
+            assert row["perf/weight_sync_seconds"] == 0
     if algo[0] == "algo=masa-efficient":
         assert steps[1]["stage/sequential"] == 1.0
         assert "cutoff/mean_limit" in steps[1] and "gate/examined" in steps[1]
