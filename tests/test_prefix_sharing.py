@@ -28,6 +28,8 @@ def _sequences() -> list[TrainSequence]:
         for n, adv in zip((4, 8, 2, 6), (0.9, 0.0, -1.1, 0.3), strict=True)
     ]
     metas[0].token_advantages = [0.9, 0.0, -0.5, 2.0]
+    for seq in solutions[:3]:  # as an engine other than the policy (vLLM) reports them
+        seq.sampler_logprobs = [-10.5 + 0.1 * j for j in range(len(seq.completion_ids))]
     expert = TrainSequence(PROMPT_B, completion(5), 0.0, kind="expert")
     return solutions + metas + [expert]
 
@@ -49,16 +51,19 @@ def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict
     return {name: before[name] - p.detach() for name, p in model.named_parameters()}, log
 
 
-@pytest.mark.parametrize("micro_batch_sequences", [16, 3])
-def test_prefix_shared_gradient_equals_unshared(tiny, micro_batch_sequences):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"micro_batch_sequences": 16},
+        {"micro_batch_sequences": 3},
+        {"micro_batch_sequences": 4, "recompute_old_logprobs": True, "importance_sampling_cap": 2.0},
+    ],
+)
+def test_prefix_shared_gradient_equals_unshared(tiny, settings):
     model, _ = tiny
     sequences = _sequences()
-    shared, shared_log = _update(
-        model, sequences, prefix_sharing=True, micro_batch_sequences=micro_batch_sequences
-    )
-    unshared, unshared_log = _update(
-        model, sequences, prefix_sharing=False, micro_batch_sequences=micro_batch_sequences
-    )
+    shared, shared_log = _update(model, sequences, prefix_sharing=True, **settings)
+    unshared, unshared_log = _update(model, sequences, prefix_sharing=False, **settings)
     # Zero-advantage sequences are still skipped.
     assert shared_log["update/trained_sequences"] == unshared_log["update/trained_sequences"] == 8
     assert shared_log["update/loss"] == pytest.approx(unshared_log["update/loss"], abs=1e-6)
