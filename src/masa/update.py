@@ -307,7 +307,7 @@ class UpdateSettings:
     when the rollouts were not sampled by the policy module itself (vLLM), where ratio == 1 would not hold."""
     importance_sampling_cap: float | None = None
     """Cap of the truncated importance-sampling weight against the sampler's log-probs; None disables it."""
-    prefix_sharing: bool = True
+    prefix_sharing: bool = False
     """Forward each distinct prompt of a micro-batch once for all its completions (same gradient)."""
     kind_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 1.0))
     """w_k of each kind's token-mean loss."""
