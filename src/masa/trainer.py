@@ -22,8 +22,15 @@ from rich.console import Console
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
-from masa.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
-from masa.config import Config, config_from_dict
+from masa.checkpoint import (
+    CHECKPOINTS_DIR,
+    load_trainer_state,
+    resume_point,
+    save_checkpoint,
+    save_model_folder,
+    set_rng_state,
+)
+from masa.config import Config, ConfigError, config_from_dict
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
@@ -42,6 +49,7 @@ from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solutio
 from masa.rewards import solution_rewards
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.runfiles import write_text
 from masa.tracking import (
     CONFIG_FILE,
     PREDICTIONS_FILE,
@@ -86,16 +94,9 @@ class Trainer:
         self.device = resolve_device(config.model.device)
         self.autocast_dtype = resolve_autocast(config.model.precision, self.device)
         self.run_dir = run_dir or _default_run_dir(config)
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise FileExistsError(
-                f"run folder {self.run_dir} already exists; resume it with `masa train --resume {self.run_dir}` "
-                "or pick another train.run_name"
-            )
-        resume_from = latest_checkpoint(self.run_dir / "checkpoints") if resume else None
+        resume_from = resume_point(self.run_dir, resume=resume)
         if resume and resume_from is None:
-            raise FileNotFoundError(
-                f"nothing to resume: {self.run_dir / 'checkpoints'} holds no complete checkpoint"
-            )
+            self.console.print(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
         model_source = str(resume_from) if resume_from else config.model.name
@@ -164,11 +165,12 @@ class Trainer:
             self._restore(load_trainer_state(resume_from))
             self.console.print(f"[bold]Resumed[/] {self.run_dir} at step {self.step} from {resume_from.name}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.writer = MetricsWriter(
             self.run_dir,
             config=config.to_dict(),
-            resume_step=self.step if resume else None,
+            # Starting again from step 0, the killed attempt's rows are all redone: none are kept.
+            resume_step=(self.step if resume_from else -1) if resume else None,
             tensorboard=config.train.tensorboard,
             wandb=config.train.wandb,
             wandb_project=config.train.wandb_project,
@@ -593,7 +595,7 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(
-            self.run_dir / "checkpoints",
+            self.run_dir / CHECKPOINTS_DIR,
             self.step,
             self.model,
             self.tokenizer,
@@ -630,9 +632,7 @@ class Trainer:
             self.console.print(f"checkpoint: {checkpoint}")
             final_dir = None
             if not interrupted:
-                final_dir = self.run_dir / "final"
-                self.model.save_pretrained(final_dir)
-                self.tokenizer.save_pretrained(final_dir)
+                final_dir = save_model_folder(self.run_dir / "final", self.model, self.tokenizer)
                 self.console.print(f"[bold green]done[/]: final model in {final_dir}")
             else:
                 self.console.print(
@@ -681,7 +681,16 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a masa run folder (no {CONFIG_FILE})")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is damaged: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is empty or damaged: expected a mapping of sections")
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _mean(values: list[float]) -> float:
