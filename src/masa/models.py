@@ -19,12 +19,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from masa.hub import hub_unreachable
+
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
 BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
 
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = "masa-conversion-complete"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class ModelLoadError(RuntimeError):
@@ -95,10 +98,18 @@ def embedded_smollm2_path() -> Path:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     source = str(embedded_smollm2_path()) if name in BUILTIN_MODELS else name
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "copy the tokenizer files of the model it came from into it"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=_cache_only(source))
     except OSError as exc:
         raise ModelLoadError(_not_found(name, exc)) from exc
+    except ValueError as exc:  # files present but unusable, e.g. a slow tokenizer needing sentencepiece
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {_one_line(exc)}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
@@ -135,18 +146,29 @@ def load_model(name: str, *, seed: int = 0) -> tuple[PreTrainedModel, PreTrained
     else:
         source = str(embedded_smollm2_path()) if name == SMOLLM2 else name
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32, local_files_only=_cache_only(source)
+            )
         except OSError as exc:
             raise ModelLoadError(_not_found(name, exc)) from exc
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
+def _cache_only(source: str) -> bool:
+    """Load a hub id from the local cache only when the hub cannot be reached (no minute of retries)."""
+    return not Path(source).expanduser().exists() and hub_unreachable() is not None
+
+
 def _not_found(name: str, exc: Exception) -> str:
-    return (
-        f"cannot load model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder with a "
-        f"config.json, and not reachable on the Hugging Face hub ({exc.__class__.__name__}: {exc})"
-    )
+    where = f"cannot load model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder"
+    if not Path(name).expanduser().exists() and (reason := hub_unreachable()):
+        return f"{where}, not in the Hugging Face cache, and the hub is unreachable: {reason}"
+    return f"{where} with a config.json, and not on the Hugging Face hub ({_one_line(exc)})"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -16,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from masa.config import ConfigError
 from masa.runfiles import append_jsonl, keep_rows_up_to
 
 # What a run folder holds; the trainer writes these, `masa report` and the plots read them.
@@ -45,7 +46,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError(
+                raise ConfigError(
                     "train.tensorboard=true needs tensorboard: pip install 'masa[tensorboard]'"
                 ) from exc
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -53,7 +54,7 @@ class MetricsWriter:
             try:
                 import wandb as wandb_module
             except ImportError as exc:
-                raise RuntimeError("train.wandb=true needs wandb: pip install 'masa[wandb]'") from exc
+                raise ConfigError("train.wandb=true needs wandb: pip install 'masa[wandb]'") from exc
             self._wandb = wandb_module.init(
                 project=wandb_project, name=run_dir.name, config=config, resume="allow"
             )
