@@ -109,6 +109,7 @@ def resume_point(run_dir: Path, *, resume: bool) -> Path | None:
     if not resume:
         content = [p for p in run_dir.iterdir() if not is_temp_name(p.name)] if run_dir.is_dir() else []
         if not content:
+            remove_leftovers(run_dir)
             return None
         if (run_dir / CONFIG_FILE).is_file():
             fresh = (

@@ -135,7 +135,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         summary_tables,
         write_results,
     )
-    from masa.models import load_model, resolve_device
+    from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
 
     settings = EvalSettings(
         model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
@@ -165,7 +165,8 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         check_out_dir(args.out / folder, settings, args.resume)
     device = resolve_device(args.device)
     console.print(f"loading {args.model} on {device}")
-    model, tokenizer = load_model(args.model, seed=args.seed)
+    console.print(describe_precision("auto", device, resolve_autocast("auto", device)))
+    model, tokenizer = load_model(args.model, seed=args.seed, notify=console.print)
     model.to(device)
     results = []
     try:

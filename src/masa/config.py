@@ -206,7 +206,9 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 (at byte offset {exc.start}); save it as UTF-8") from exc
+            raise ConfigError(
+                f"config file {path} is not UTF-8 (at byte offset {exc.start}); save it as UTF-8"
+            ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):

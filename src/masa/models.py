@@ -8,6 +8,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ def embedded_cache_dir(gguf: Path) -> Path:
     return cache_root() / "models" / f"{SMOLLM2}-{key}"
 
 
-def embedded_smollm2_path() -> Path:
+def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Path:
     """A safetensors checkpoint of the embedded SmolLM2, converted from its GGUF on first use.
 
     Loading the GGUF directly leaves transformers treating the model as quantized (not trainable, not
@@ -70,6 +71,7 @@ def embedded_smollm2_path() -> Path:
     target = embedded_cache_dir(gguf)
     if (target / _COMPLETE_MARKER).is_file():
         return target
+    notify(f"first use of {SMOLLM2}: converting its GGUF to a trainable checkpoint in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -96,8 +98,8 @@ def embedded_smollm2_path() -> Path:
     return target
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    source = str(embedded_smollm2_path()) if name in BUILTIN_MODELS else name
+def load_tokenizer(name: str, notify: Callable[[str], None] = lambda _: None) -> PreTrainedTokenizerBase:
+    source = str(embedded_smollm2_path(notify)) if name in BUILTIN_MODELS else name
     folder = Path(source).expanduser()
     if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         raise ModelLoadError(
@@ -138,9 +140,14 @@ def tiny_random_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(name: str, *, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM with fp32 weights (compute precision is chosen separately, by autocast)."""
-    tokenizer = load_tokenizer(name)
+def load_model(
+    name: str, *, seed: int = 0, notify: Callable[[str], None] = lambda _: None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM with fp32 weights (compute precision is chosen separately, by autocast).
+
+    ``notify`` hears about slow work a user would otherwise wait through in silence (a conversion).
+    """
+    tokenizer = load_tokenizer(name, notify)
     if name == TINY_RANDOM:
         model = tiny_random_model(len(tokenizer), seed=seed)
     else:
@@ -196,6 +203,24 @@ def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def describe_precision(precision: str, device: torch.device, dtype: torch.dtype | None) -> str:
+    """Which compute precision ``resolve_autocast`` picked and why, for the start-up line."""
+    picked = "bf16 autocast (fp32 master weights)" if dtype is not None else "fp32"
+    if precision != "auto":
+        reason = f"model.precision={precision}"
+        if dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+            reason += "; this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and slower than fp32"
+    elif device.type == "cuda":
+        reason = "this GPU " + ("supports bf16" if dtype is not None else "has no bf16")
+    elif dtype is not None:
+        reason = "this CPU has AVX512-BF16 or AMX"
+    else:
+        reason = (
+            "this CPU has no AVX512-BF16 or AMX, where bf16 would be slower; steps take longer than on one"
+        )
+    return f"precision: {picked} on {device.type} ({reason})"
 
 
 def autocast_context(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
+from rich.progress import Progress
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
@@ -44,7 +45,7 @@ from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
-from masa.models import load_model, resolve_autocast, resolve_device
+from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rollout.engine import HFEngine
@@ -93,6 +94,7 @@ class Trainer:
         _seed_everything(config.train.seed)
         self.device = resolve_device(config.model.device)
         self.autocast_dtype = resolve_autocast(config.model.precision, self.device)
+        self.console.print(describe_precision(config.model.precision, self.device, self.autocast_dtype))
         self.run_dir = run_dir or _default_run_dir(config)
         resume_from = resume_point(self.run_dir, resume=resume)
         if resume and resume_from is None:
@@ -100,7 +102,13 @@ class Trainer:
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
         model_source = str(resume_from) if resume_from else config.model.name
-        self.model, self.tokenizer = load_model(model_source, seed=config.train.seed)
+        self.console.print(
+            f"data: {len(self.train_problems)} training problems ({config.data.train}), "
+            f"{len(self.eval_problems)} held-out ({config.data.eval}); loading model {model_source}"
+        )
+        self.model, self.tokenizer = load_model(
+            model_source, seed=config.train.seed, notify=self.console.print
+        )
         self.model.to(self.device)
         if config.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -538,7 +546,8 @@ class Trainer:
         append_jsonl(self.run_dir / PREDICTIONS_FILE, rows)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, loop
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress: Progress | None = None) -> dict[str, float]:
+        """Held-out accuracy; with ``progress``, a bar shows the problems done (evaluations can be long)."""
         if not self.eval_problems:
             return {}
         params = SamplingParams(
@@ -546,6 +555,8 @@ class Trainer:
             top_p=self.cfg.rollout.top_p,
             max_new_tokens=self.cfg.rollout.max_new_tokens,
         )
+        bar = progress or Progress(disable=True)
+        task = bar.add_task("evaluating", total=len(self.eval_problems))
         # A private RNG stream: evaluating must not change what training samples next, or a resumed run
         # (which may evaluate at different points) would diverge from an uninterrupted one.
         with torch.random.fork_rng(devices=[]):
@@ -559,7 +570,10 @@ class Trainer:
                 template=DEFAULT_SOLUTION_TEMPLATE,
                 fallback=self.cfg.data.answer_fallback,
                 timeout_s=self.cfg.data.verify_timeout_s,
+                chunk_problems=max(1, self.cfg.rollout.max_batch_sequences // self.cfg.rollout.eval_samples),
+                on_progress=lambda done: bar.update(task, completed=done),
             )
+        bar.remove_task(task)
         metrics = {"eval/accuracy": result.accuracy, "eval/mean_tokens": result.mean_tokens}
         metrics.update({f"eval/accuracy_level_{k}": v for k, v in result.by_difficulty.items()})
         return metrics
@@ -610,7 +624,7 @@ class Trainer:
             with self._graceful_interrupt(), progress_bar(self.console) as progress:
                 task = progress.add_task("training", total=cfg.steps, completed=self.step)
                 if self.step == 0 and cfg.eval_every:
-                    baseline = self.evaluate()
+                    baseline = self.evaluate(progress)
                     self.writer.log(0, {**baseline, "time/elapsed_s": 0.0})
                     progress.console.print(format_step_line(0, baseline))
                 while self.step < cfg.steps:
@@ -619,7 +633,7 @@ class Trainer:
                     self.elapsed += metrics["perf/step_seconds"]
                     metrics["time/elapsed_s"] = self.elapsed
                     if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                        metrics.update(self.evaluate())
+                        metrics.update(self.evaluate(progress))
                     self.writer.log(self.step, metrics)
                     progress.console.print(format_step_line(self.step, metrics))
                     progress.update(task, completed=self.step)
