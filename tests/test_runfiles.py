@@ -216,3 +216,15 @@ def test_a_damaged_run_config_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("")
     with pytest.raises(ValueError, match=r"config.yaml is empty or damaged"):
         load_run_config(tmp_path)
+
+
+def test_a_save_removes_the_folders_of_killed_saves(tmp_path, tiny):
+    from masa.checkpoint import save_checkpoint
+
+    model, tokenizer = tiny
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    (checkpoints / ".step-3-k2j3h4x1").mkdir(parents=True)  # a save killed mid-way, by an older version
+    (checkpoints / ".step-3.a1b2c3d4.tmp").mkdir()
+    saved = save_checkpoint(checkpoints, 4, model, tokenizer, {"note": "state"}, keep=2)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
+    assert (saved / TRAINER_STATE).is_file() and (saved / "model.safetensors").is_file()
