@@ -13,8 +13,8 @@ from masa.verify_forms import settle
 
 HANG_GUARD_S = 30.0  # not a timing claim: a check that takes this long is hung, not slow
 # Worker-bound examples are slow; few examples still walk every branch of the parsers over the runs.
-WORKER_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FAST_SETTINGS = settings(max_examples=150, deadline=None)
+WORKER_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST_SETTINGS = settings(max_examples=100, deadline=None)
 
 # Text built from the characters the parsers care about, so boxes, braces and delimiters really nest.
 latexish = st.lists(

@@ -28,16 +28,20 @@ _SPACING = re.compile(r"\\[,;:! ]|~")
 _COMMAND_BEFORE_LETTER = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 _DELIMITER_SIZING = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 _FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![A-Za-z])")
-_FRAC_DIGITS = re.compile(r"\\frac(\d)(\d)")
+_FRAC_DIGITS = re.compile(r"\\frac([0-9])([0-9])")
 _MAX_NUMBER_CHARS = 100
 _NUMBER = re.compile(
     r"(?P<sign>[+-]?)(?:"
     r"(?P<decimal>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
     r"|(?P<num>\d+)/(?P<den>\d+)"
     r"|\\frac\{(?P<fnum>[+-]?\d+)\}\{(?P<fden>[+-]?\d+)\}"
-    r")(?P<percent>\\?%)?"
+    r")(?P<percent>\\?%)?",
+    re.ASCII,
 )
-_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+# ASCII only: ``str.isdigit`` is true for ``²``, which no number reader takes as a digit.
+_DIGITS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ALPHANUMERIC = _LETTERS | frozenset("0123456789")
 _BRACKETS = {"(": ")", "[": "]", "\\{": "\\}"}
 _OPENERS = {"{": "}", "(": ")", "[": "]"}
 _PRODUCT_OPERATORS = ("\\cdot", "\\times", "*")
@@ -166,13 +170,12 @@ def _is_product(term: str) -> bool:
 
 def _factor_end(text: str, i: int) -> int | None:
     char = text[i]
-    if char.isdigit():
-        match = _DIGITS.match(text, i)
-        assert match is not None
+    match = _DIGITS.match(text, i)
+    if match is not None:
         end = match.end()
         # ``1e-5`` may be read as scientific notation, which would make its ``-`` no subtraction.
         return None if end < len(text) and text[end] in "eE" else end
-    if char.isascii() and char.isalpha():
+    if char in _LETTERS:
         return i + 1
     if char in _OPENERS:
         return _group_end(text, i)
@@ -197,7 +200,7 @@ def _exponent_end(text: str, i: int) -> int | None:
         return None
     if text[i] == "{":
         return _group_end(text, i)
-    return i + 1 if text[i].isascii() and text[i].isalnum() else None
+    return i + 1 if text[i] in _ALPHANUMERIC else None
 
 
 def _group_end(text: str, i: int) -> int | None:
