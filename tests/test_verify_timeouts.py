@@ -44,7 +44,7 @@ def test_train_step_logs_verify_timeouts(tmp_path, monkeypatch, no_fast_path):
         ],
     )
     trainer = Trainer(cfg, run_dir=tmp_path / "r")
-    trainer.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _solution)
+    trainer.engine.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _solution)
     log = trainer.train_step()
     assert log["reward/verify_timeouts"] == 3 * 2  # the two "slow" samples of each problem
     assert log["reward/solution"] == 0.5
