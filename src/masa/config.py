@@ -30,6 +30,9 @@ class ModelConfig:
     AVX512-BF16). Master weights and the optimiser stay fp32 either way."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (activation checkpointing): less memory, more compute."""
+    cpu_offload: bool = False
+    """Under torchrun: keep the FSDP2-sharded parameters, gradients and optimiser state in CPU memory."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default (one per core)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import signal
@@ -22,16 +21,18 @@ from rich.console import Console
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
-from masa.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from masa.checkpoint import latest_checkpoint, load_trainer_state, rng_state, set_rng_state
 from masa.config import Config, config_from_dict
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
+from masa.distributed import NullWriter, SplitEngine, init_ranks
 from masa.efficient.cutoff import cutoff_limit
 from masa.efficient.gating import GateDecision, PredictiveGate
 from masa.eval.heldout import heldout_accuracy
 from masa.eval.meta_metrics import would_gate
+from masa.learner import Learner
 from masa.meta.expert import build_expert_target, select_expert_meta
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
@@ -46,11 +47,10 @@ from masa.tracking import (
     CONFIG_FILE,
     PREDICTIONS_FILE,
     MetricsWriter,
-    append_jsonl,
     format_step_line,
     progress_bar,
 )
-from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
+from masa.update import TrainSequence
 
 RewardFn = Callable[[Problem, list[str], list[Rollout]], Sequence[float]]
 """A custom solution reward: (problem, decoded completions, rollouts) -> one reward per rollout."""
@@ -65,7 +65,8 @@ class TrainResult:
 
 
 class Trainer:
-    """Owns the model, optimiser, data position and run folder; ``train_step`` is one step of the algorithm."""
+    """Owns the data position, the algorithm's state and the run folder; ``train_step`` is one step of the
+    algorithm. The learner owns the policy's optimisation (and its sharding under torchrun)."""
 
     def __init__(
         self,
@@ -78,7 +79,9 @@ class Trainer:
     ):
         self.cfg = config
         self.reward_fn = reward_fn
-        self.console = console or Console()
+        self.ranks = init_ranks(config.model.device)
+        # Under torchrun every rank runs this same code; only rank 0 speaks and writes the run folder.
+        self.console = console or Console(quiet=not self.ranks.is_main)
         hf_logging.disable_progress_bar()  # weight-loading bars would drown the per-step lines
         if config.model.threads:
             torch.set_num_threads(config.model.threads)
@@ -99,40 +102,24 @@ class Trainer:
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
         model_source = str(resume_from) if resume_from else config.model.name
-        self.model, self.tokenizer = load_model(model_source, seed=config.train.seed)
-        self.model.to(self.device)
-        if config.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.ref_model = None
-        if config.algo.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-
-        self.engine = HFEngine(
-            self.model,
+        model, self.tokenizer = load_model(model_source, seed=config.train.seed)
+        self.learner = Learner(
+            model.to(self.device),
+            config,
+            pad_id=self.tokenizer.pad_token_id,
+            autocast_dtype=self.autocast_dtype,
+            ranks=self.ranks,
+        )
+        self.ranks.seed_generation(config.train.seed)
+        engine = HFEngine(
+            self.learner.generation_model,
             self.tokenizer,
             max_batch_sequences=config.rollout.max_batch_sequences,
             autocast_dtype=self.autocast_dtype,
         )
+        self.engine = SplitEngine(engine, self.ranks) if self.ranks.distributed else engine
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens
-        )
-        a = config.algo
-        self.update_settings = UpdateSettings(
-            clip_low=a.clip_low,
-            clip_high=a.clip_high,
-            kl_coef=a.kl_coef,
-            ppo_epochs=a.ppo_epochs,
-            mini_batches=a.mini_batches,
-            micro_batch_sequences=a.micro_batch_sequences,
-            grad_clip=a.grad_clip,
-            temperature=config.rollout.temperature,
-        )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
-        )
-        warmup = a.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
         )
         self.sampler = ProblemSampler(
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
@@ -150,29 +137,14 @@ class Trainer:
         self.sequential_since: int | None = None
         self.shadow_streak = 0
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
-        # Its own optimiser, so the supervised steps have their own learning rate and moments.
-        self.sft_optimizer = (
-            torch.optim.AdamW(
-                self.model.parameters(), lr=mc.expert_lr, betas=tuple(a.betas), weight_decay=0.0
-            )
-            if mc.expert_sft and config.algo.name != "grpo"
-            else None
-        )
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
             self._restore(load_trainer_state(resume_from))
             self.console.print(f"[bold]Resumed[/] {self.run_dir} at step {self.step} from {resume_from.name}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.writer = MetricsWriter(
-            self.run_dir,
-            config=config.to_dict(),
-            resume_step=self.step if resume else None,
-            tensorboard=config.train.tensorboard,
-            wandb=config.train.wandb,
-            wandb_project=config.train.wandb_project,
-        )
+        # Every rank has checked the folder before rank 0 creates it.
+        self.ranks.barrier()
+        self.writer = self._open_run_folder(resume) if self.ranks.is_main else NullWriter()
         self._stop_requested = False
 
     # ---------------------------------------------------------------- one step of the algorithm
@@ -233,17 +205,7 @@ class Trainer:
             for group, advantages in zip(metas, meta_adv.advantages, strict=False)
             for m, a in zip(group, advantages, strict=True)
         ]
-        update_log = policy_update(
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            sequences,
-            self.update_settings,
-            pad_id=self.tokenizer.pad_token_id,
-            autocast_dtype=self.autocast_dtype,
-            ref_model=self.ref_model,
-            rng=self.update_rng,
-        )
+        update_log = self.learner.update(sequences, self.update_rng)
         expert_log = self._expert_sft(problems, metas, stats) if masa and self.cfg.meta.expert_sft else {}
         finished = time.perf_counter()
 
@@ -473,14 +435,8 @@ class Trainer:
         if (self.step + 1) % mc.expert_every or not self.expert_buffer:
             return log
         picks = self.update_rng.sample(self.expert_buffer, min(mc.expert_batch, len(self.expert_buffer)))
-        log["expert/sft_loss"] = sft_step(
-            self.model,
-            self.sft_optimizer,
-            [TrainSequence(prompt, target, 0.0) for prompt, target in picks],
-            pad_id=self.tokenizer.pad_token_id,
-            micro_batch_sequences=self.cfg.algo.micro_batch_sequences,
-            grad_clip=self.cfg.algo.grad_clip,
-            autocast_dtype=self.autocast_dtype,
+        log["expert/sft_loss"] = self.learner.sft(
+            [TrainSequence(prompt, target, 0.0) for prompt, target in picks]
         )
         return log
 
@@ -533,7 +489,7 @@ class Trainer:
                     "gated": bool(decision and decision.gated),
                 }
             )
-        append_jsonl(self.run_dir / PREDICTIONS_FILE, rows)
+        self.writer.append(PREDICTIONS_FILE, rows)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, loop
     def evaluate(self) -> dict[str, float]:
@@ -562,10 +518,15 @@ class Trainer:
         metrics.update({f"eval/accuracy_level_{k}": v for k, v in result.by_difficulty.items()})
         return metrics
 
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.learner.model
+
     def trainer_state(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the weights (collective under torchrun)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            **self.learner.state_dict(),
+            "rank_rng": self.ranks.gather(rng_state()),
             "sampler": self.sampler.state_dict(),
             "update_rng": self.update_rng.getstate(),
             "elapsed": self.elapsed,
@@ -573,12 +534,10 @@ class Trainer:
             "sequential_since": self.sequential_since,
             "shadow_streak": self.shadow_streak,
             "expert_buffer": self.expert_buffer,
-            "sft_optimizer": self.sft_optimizer.state_dict() if self.sft_optimizer else None,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.learner.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
         self.update_rng.setstate(state["update_rng"])
         self.elapsed = state["elapsed"]
@@ -587,18 +546,34 @@ class Trainer:
         self.sequential_since = state["sequential_since"]
         self.shadow_streak = state["shadow_streak"]
         self.expert_buffer = state["expert_buffer"]
-        if self.sft_optimizer is not None and state["sft_optimizer"] is not None:
-            self.sft_optimizer.load_state_dict(state["sft_optimizer"])
-        set_rng_state(state["rng"])
+        per_rank = state["rank_rng"]
+        if len(per_rank) == self.ranks.world:
+            set_rng_state(per_rank[self.ranks.rank])
+        else:
+            # Another world size: the data, gate and update streams carry over exactly; sampling cannot.
+            set_rng_state(state["rng"])
+            self.ranks.seed_generation(self.cfg.train.seed + self.step)
 
     def save(self) -> Path:
-        return save_checkpoint(
+        return self.learner.save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
-            self.model,
             self.tokenizer,
             self.trainer_state(),
             keep=self.cfg.train.keep_checkpoints,
+        )
+
+    def _open_run_folder(self, resume: bool) -> MetricsWriter:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        t = self.cfg.train
+        return MetricsWriter(
+            self.run_dir,
+            config=self.cfg.to_dict(),
+            resume_step=self.step if resume else None,
+            tensorboard=t.tensorboard,
+            wandb=t.wandb,
+            wandb_project=t.wandb_project,
         )
 
     def fit(self) -> TrainResult:
@@ -621,7 +596,7 @@ class Trainer:
                     self.writer.log(self.step, metrics)
                     progress.console.print(format_step_line(self.step, metrics))
                     progress.update(task, completed=self.step)
-                    if self._stop_requested:
+                    if self.ranks.any(self._stop_requested):
                         interrupted = True
                         break
                     if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
@@ -630,9 +605,7 @@ class Trainer:
             self.console.print(f"checkpoint: {checkpoint}")
             final_dir = None
             if not interrupted:
-                final_dir = self.run_dir / "final"
-                self.model.save_pretrained(final_dir)
-                self.tokenizer.save_pretrained(final_dir)
+                final_dir = self.learner.save_final(self.run_dir / "final", self.tokenizer)
                 self.console.print(f"[bold green]done[/]: final model in {final_dir}")
             else:
                 self.console.print(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.models import autocast_context
 
 
@@ -154,19 +155,25 @@ def policy_update(
     autocast_dtype: torch.dtype | None = None,
     ref_model: PreTrainedModel | None = None,
     rng: random.Random | None = None,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """Optimise the policy on one batch of rollouts; returns averaged loss statistics.
 
     Old log-probs are recomputed once, before any parameter changes, when the batch is used for more than
     one optimiser step; with a single step the ratio is exactly 1 at the start, so the current log-probs
     detached serve and the extra forward pass is skipped.
+
+    With several ranks, ``sequences`` is the whole step's batch on every rank: mini-batches are drawn from
+    it identically everywhere, each rank runs its share of every mini-batch, and the normaliser is the
+    mini-batch's global token count divided by the world size, because FSDP averages the ranks' gradients.
+    The result is the single-process update (up to the order of floating-point sums).
     """
     device = next(model.parameters()).device
     rng = rng or random.Random(0)
     count = len(sequences)
     order = list(range(count)) if settings.mini_batches == 1 else rng.sample(range(count), count)
     with_kl = ref_model is not None and settings.kl_coef > 0
-    plans: list[tuple[float, list[tuple[int, ...]]]] = []
+    plans: list[tuple[float, list[_Micro]]] = []
     for part in range(settings.mini_batches):
         mini = order[part :: settings.mini_batches]
         if not mini:
@@ -174,17 +181,17 @@ def policy_update(
         normaliser = float(max(sum(len(sequences[i].completion_ids) for i in mini), 1))
         # A zero-advantage sequence adds exactly zero policy gradient, so without a KL term it is not run at
         # all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
-        active = sorted(
-            (i for i in mini if with_kl or sequences[i].advantage != 0.0),
-            key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids),
-        )
-        step = settings.micro_batch_sequences
-        plans.append((normaliser, [tuple(active[j : j + step]) for j in range(0, len(active), step)]))
-    packed = {key: pack([sequences[i] for i in key], pad_id, device) for _, micro in plans for key in micro}
+        active = [i for i in mini if with_kl or sequences[i].advantage != 0.0]
+        plans.append((normaliser / ranks.world, _micro_batches(sequences, active, settings, ranks)))
+    packed = {
+        (p, m): pack([sequences[i] for i in micro.indices], pad_id, device)
+        for p, (_, micros) in enumerate(plans)
+        for m, micro in enumerate(micros)
+    }
 
     reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
-    old: dict[tuple[int, ...], torch.Tensor] = {}
-    ref: dict[tuple[int, ...], torch.Tensor] = {}
+    old: dict[tuple[int, int], torch.Tensor] = {}
+    ref: dict[tuple[int, int], torch.Tensor] = {}
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
         for key, batch in packed.items():
             if not reuse_current:
@@ -192,51 +199,89 @@ def policy_update(
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch, settings.temperature)
 
-    totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
+    names = ("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl")
+    totals = dict.fromkeys((*names, "micro_steps", "trained_sequences"), 0.0)
     grad_norms: list[float] = []
-    micro_steps = 0
     skipped = 0
     model.train()
+    indexed = list(enumerate(plans))
     for _ in range(settings.ppo_epochs):
-        for normaliser, micro in plans if len(plans) == 1 else rng.sample(plans, len(plans)):
-            if not micro:
+        for p, (normaliser, micros) in indexed if len(indexed) == 1 else rng.sample(indexed, len(indexed)):
+            if not micros:
                 # No learning signal in this mini-batch: no optimiser step, so the weights (and the
                 # warm-up, which counts optimiser steps) stay where they are.
                 skipped += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
-            for key in micro:
-                batch = packed[key]
+            for m, micro in enumerate(micros):
+                batch = packed[(p, m)]
                 with autocast_context(device.type, autocast_dtype):
                     logprobs = token_logprobs(model, batch, settings.temperature)
                 loss, stats = clipped_policy_loss(
                     logprobs,
-                    logprobs.detach() if reuse_current else old[key],
+                    logprobs.detach() if reuse_current else old[(p, m)],
                     batch.advantages,
                     batch.completion_mask,
                     clip_low=settings.clip_low,
                     clip_high=settings.clip_high,
                     normaliser=normaliser,
                     token_weights=batch.token_weights,
-                    ref_logprobs=ref.get(key),
+                    ref_logprobs=ref.get((p, m)),
                     kl_coef=settings.kl_coef,
                 )
-                loss.backward()
-                totals["loss"] += float(loss.detach())
-                for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
-                    totals[name] += getattr(stats, name)
-                micro_steps += 1
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)))
+                (loss * micro.scale).backward()
+                if micro.scale:
+                    totals["loss"] += float(loss.detach())
+                    for name in names[1:]:
+                        totals[name] += getattr(stats, name)
+                    totals["micro_steps"] += 1
+                    totals["trained_sequences"] += len(micro.indices)
+            grad_norms.append(_clip_gradients(model, settings.grad_clip))
             optimizer.step()
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {f"update/{k}": v / max(micro_steps, 1) for k, v in totals.items() if k != "loss"}
-    metrics["update/loss"] = totals["loss"] / max(settings.ppo_epochs * len(plans), 1)
+    totals = dict(zip(totals, ranks.sum(list(totals.values())), strict=True))
+    metrics = {f"update/{k}": totals[k] / max(totals["micro_steps"], 1) for k in names[1:]}
+    # Each rank's losses are scaled up by the world size (see the docstring), hence the division.
+    metrics["update/loss"] = totals["loss"] / ranks.world / max(settings.ppo_epochs * len(plans), 1)
     metrics["update/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["update/skipped_minibatches"] = skipped
-    metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
+    metrics["update/trained_sequences"] = totals["trained_sequences"] / settings.ppo_epochs
     metrics["update/lr"] = scheduler.get_last_lr()[0]
     return metrics
+
+
+@dataclass(frozen=True)
+class _Micro:
+    indices: tuple[int, ...]
+    scale: float = 1.0
+    """0 for a stand-in: a rank with less work repeats a sequence at zero weight, because under FSDP every
+    rank must run the same number of forward and backward passes (each one all-gathers parameters)."""
+
+
+def _micro_batches(
+    sequences: Sequence[TrainSequence], active: list[int], settings: UpdateSettings, ranks: Ranks
+) -> list[_Micro]:
+    """This rank's micro-batches of one mini-batch, as many on every rank.
+
+    Sorting by length keeps padding small within a micro-batch; dealing the sorted list out in turn gives
+    the ranks near-equal token counts.
+    """
+    if not active:
+        return []
+    ordered = sorted(active, key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids))
+    mine = ordered[ranks.rank :: ranks.world]
+    step = settings.micro_batch_sequences
+    micros = [_Micro(tuple(mine[j : j + step])) for j in range(0, len(mine), step)]
+    per_rank = -(-len(ordered) // ranks.world)
+    micros += [_Micro((ordered[0],), 0.0)] * (-(-per_rank // step) - len(micros))
+    return micros
+
+
+def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    # Under FSDP2 the norm is a DTensor over the ranks' shards.
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def sft_step(
@@ -248,21 +293,26 @@ def sft_step(
     micro_batch_sequences: int = 16,
     grad_clip: float = 1.0,
     autocast_dtype: torch.dtype | None = None,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> float:
-    """One supervised step: token-mean cross-entropy on the completion tokens only; returns the loss."""
+    """One supervised step: token-mean cross-entropy on the completion tokens only; returns the loss.
+
+    With several ranks each runs its share of ``sequences`` (the same list everywhere), as ``policy_update``.
+    """
     device = next(model.parameters()).device
-    total_tokens = float(max(sum(len(s.completion_ids) for s in sequences), 1))
+    normaliser = float(max(sum(len(s.completion_ids) for s in sequences), 1)) / ranks.world
+    settings = UpdateSettings(micro_batch_sequences=micro_batch_sequences)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for start in range(0, len(sequences), micro_batch_sequences):
-        batch = pack(sequences[start : start + micro_batch_sequences], pad_id, device)
+    for micro in _micro_batches(sequences, list(range(len(sequences))), settings, ranks):
+        batch = pack([sequences[i] for i in micro.indices], pad_id, device)
         with autocast_context(device.type, autocast_dtype):
             logprobs = token_logprobs(model, batch)
-        loss = -(logprobs * batch.completion_mask).sum() / total_tokens
-        loss.backward()
-        loss_sum += float(loss.detach())
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        loss = -(logprobs * batch.completion_mask).sum() / normaliser
+        (loss * micro.scale).backward()
+        loss_sum += float(loss.detach()) * micro.scale
+    _clip_gradients(model, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum
+    return ranks.sum([loss_sum])[0] / ranks.world

@@ -1,0 +1,224 @@
+"""The training side of the policy: parameters (FSDP2-sharded over ranks), optimiser, schedule and updates."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from masa.checkpoint import save_checkpoint
+from masa.config import Config
+from masa.distributed import SINGLE_PROCESS, Ranks
+from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
+
+
+class Learner:
+    """Owns the policy being optimised and everything about how it is optimised.
+
+    The trainer asks it for an update (``update``, ``sft``), for the weights a rollout engine should
+    sample with (``generation_model``, ``full_weights``) and for what a checkpoint stores (``state_dict``).
+    In one process the policy is the model itself and the engine shares it. Under torchrun the policy is
+    sharded with FSDP2 (``fully_shard`` per decoder layer, then the root); generation then runs on a
+    plain replica that is refreshed from the shards after every optimiser step, one parameter at a time,
+    because sampling different prompts on different ranks cannot run in lockstep the way FSDP needs.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        config: Config,
+        *,
+        pad_id: int,
+        autocast_dtype: torch.dtype | None,
+        ranks: Ranks = SINGLE_PROCESS,
+    ):
+        a, mc = config.algo, config.meta
+        self.ranks = ranks
+        self.pad_id = pad_id
+        self.autocast_dtype = autocast_dtype
+        self.micro_batch_sequences = a.micro_batch_sequences
+        self.grad_clip = a.grad_clip
+        self.settings = UpdateSettings(
+            clip_low=a.clip_low,
+            clip_high=a.clip_high,
+            kl_coef=a.kl_coef,
+            ppo_epochs=a.ppo_epochs,
+            mini_batches=a.mini_batches,
+            micro_batch_sequences=a.micro_batch_sequences,
+            grad_clip=a.grad_clip,
+            temperature=config.rollout.temperature,
+        )
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if a.kl_coef > 0 else None
+        self._replica: PreTrainedModel | None = None
+        if ranks.distributed:
+            self._replica = copy.deepcopy(model).eval().requires_grad_(False)
+            _shard(model, config, autocast_dtype)
+            if self.ref_model is not None:
+                _shard(self.ref_model, config, autocast_dtype)
+        self.model = model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
+        )
+        warmup = a.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        )
+        # Its own optimiser, so the supervised steps have their own learning rate and moments.
+        self.sft_optimizer = (
+            torch.optim.AdamW(trainable, lr=mc.expert_lr, betas=tuple(a.betas), weight_decay=0.0)
+            if mc.expert_sft and a.name != "grpo"
+            else None
+        )
+
+    # ------------------------------------------------------------------------------------ updates
+    def update(self, sequences: Sequence[TrainSequence], rng: random.Random) -> dict[str, float]:
+        """One policy update on the step's whole batch (every rank passes the same sequences)."""
+        log = policy_update(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            sequences,
+            self.settings,
+            pad_id=self.pad_id,
+            autocast_dtype=self.autocast_dtype,
+            ref_model=self.ref_model,
+            rng=rng,
+            ranks=self.ranks,
+        )
+        self._refresh_replica()
+        return log
+
+    def sft(self, sequences: Sequence[TrainSequence]) -> float:
+        """One supervised step with the expert optimiser; returns the loss."""
+        if self.sft_optimizer is None:
+            raise RuntimeError("supervised steps need meta.expert_sft=true with a MASA algorithm")
+        loss = sft_step(
+            self.model,
+            self.sft_optimizer,
+            sequences,
+            pad_id=self.pad_id,
+            micro_batch_sequences=self.micro_batch_sequences,
+            grad_clip=self.grad_clip,
+            autocast_dtype=self.autocast_dtype,
+            ranks=self.ranks,
+        )
+        self._refresh_replica()
+        return loss
+
+    # ------------------------------------------------------------------------------------ weights
+    @property
+    def generation_model(self) -> PreTrainedModel:
+        """A plain (unsharded) module with the current weights, for a rollout engine to sample with."""
+        return self._replica if self._replica is not None else self.model
+
+    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The current weights by name, gathered one parameter at a time (every rank must iterate)."""
+        for name, param in self.model.named_parameters():
+            yield name, _full(param.detach())
+
+    def _refresh_replica(self) -> None:
+        if self._replica is None:
+            return
+        targets = dict(self._replica.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.full_weights():
+                targets[name].copy_(tensor)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser and schedule state, keyed by parameter name so it loads at any world size.
+
+        Collective under torchrun: every rank calls it; the full state comes back on every rank.
+        """
+        return {
+            "optimizer": self._optimizer_state(self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "sft_optimizer": self._optimizer_state(self.sft_optimizer) if self.sft_optimizer else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        options = StateDictOptions(full_state_dict=True)
+        for optimizer, saved in (
+            (self.optimizer, state["optimizer"]),
+            (self.sft_optimizer, state["sft_optimizer"]),
+        ):
+            if optimizer is not None and saved is not None:
+                set_optimizer_state_dict(self.model, optimizer, saved, options=options)
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_checkpoint(
+        self,
+        checkpoints_dir: Path,
+        step: int,
+        tokenizer: PreTrainedTokenizerBase,
+        trainer_state: dict[str, Any],
+        *,
+        keep: int,
+    ) -> Path:
+        """Rank 0 writes ``step-N`` (full weights, as a Hugging Face folder); the others wait for it."""
+        if self.ranks.is_main:
+            save_checkpoint(checkpoints_dir, step, self.generation_model, tokenizer, trainer_state, keep=keep)
+        self.ranks.barrier()
+        return checkpoints_dir / f"step-{step}"
+
+    def save_final(self, target: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+        """The trained policy as a plain Hugging Face folder, written aside and renamed into place."""
+        if self.ranks.is_main:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            self.generation_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        self.ranks.barrier()
+        return target
+
+    def _optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        # An optimiser that has not stepped yet has nothing to save; asking torch for its state anyway
+        # would initialise it with a zero-gradient step, which counts in Adam's bias correction.
+        if not optimizer.state:
+            return None
+        return get_optimizer_state_dict(self.model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _shard(model: PreTrainedModel, config: Config, autocast_dtype: torch.dtype | None) -> None:
+    """FSDP2: each decoder layer its own unit (gathered only while it runs), then the root for the rest."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    options: dict[str, Any] = {}
+    device = next(model.parameters()).device
+    if device.type == "cuda" and autocast_dtype == torch.bfloat16:
+        # bf16 parameters for compute; gradients reduced and the optimiser stepping in fp32.
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if config.model.cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(
+            f"cannot shard {type(model).__name__}: it names no decoder-layer class (_no_split_modules)"
+        )
+    for layer in layers:
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
