@@ -22,8 +22,8 @@ from masa.rollout.types import Rollout, SamplingParams
 
 T = TypeVar("T")
 
-# gloo carries the CPU collectives (tests, object gathers), nccl the GPU ones.
-BACKEND = "cpu:gloo,cuda:nccl"
+# gloo carries the CPU collectives (object gathers, CPU-only runs), nccl the GPU ones.
+GPU_BACKEND = "cpu:gloo,cuda:nccl"
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,17 @@ SINGLE_PROCESS = Ranks()
 def init_ranks(device_choice: str = "auto") -> Ranks:
     """Join the torchrun process group when launched by torchrun; a plain process is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():  # the caller set the group up itself
+        return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
     if world == 1:
         return SINGLE_PROCESS
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_choice != "cpu" and torch.cuda.is_available():
+    on_gpu = device_choice != "cpu" and torch.cuda.is_available()
+    if on_gpu:
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        # A rank that dies leaves the others blocked in a collective; torchrun then tears the group down
-        # and reports the failed rank. The timeout only bounds a hang torchrun cannot see.
-        dist.init_process_group(BACKEND, timeout=datetime.timedelta(minutes=30))
+    # A rank that dies leaves the others blocked in a collective; torchrun then stops them and reports
+    # the failed rank. The timeout only bounds a hang torchrun cannot see.
+    dist.init_process_group(GPU_BACKEND if on_gpu else "gloo", timeout=datetime.timedelta(minutes=30))
     return Ranks(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 

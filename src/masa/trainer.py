@@ -27,7 +27,7 @@ from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
-from masa.distributed import NullWriter, SplitEngine, init_ranks
+from masa.distributed import NullWriter, SplitEngine, close_ranks, init_ranks
 from masa.efficient.cutoff import cutoff_limit
 from masa.efficient.gating import GateDecision, PredictiveGate
 from masa.eval.heldout import heldout_accuracy
@@ -647,7 +647,11 @@ def train(
 
     ``reward_fn`` replaces answer checking for tasks with their own verifier.
     """
-    return Trainer(config, run_dir=run_dir, resume=resume, reward_fn=reward_fn).fit()
+    trainer = Trainer(config, run_dir=run_dir, resume=resume, reward_fn=reward_fn)
+    try:
+        return trainer.fit()
+    finally:
+        close_ranks(trainer.ranks)
 
 
 def load_run_config(run_dir: Path) -> Config:
