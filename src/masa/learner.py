@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from masa.checkpoint import save_checkpoint
-from masa.config import Config
+from masa.config import Config, LoraConfig
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
 
@@ -44,8 +44,10 @@ class Learner:
         pad_id: int,
         autocast_dtype: torch.dtype | None,
         ranks: Ranks = SINGLE_PROCESS,
+        resume_from: Path | None = None,
     ):
         a, mc = config.algo, config.meta
+        self.lora = config.model.lora
         self.ranks = ranks
         self.pad_id = pad_id
         self.autocast_dtype = autocast_dtype
@@ -67,6 +69,9 @@ class Learner:
         self._replica: PreTrainedModel | None = None
         if ranks.distributed:
             self._replica = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.lora.rank:
+            model = _with_adapter(model, self.lora, resume_from)
+        if ranks.distributed:
             _shard(model, config, autocast_dtype)
             if self.ref_model is not None:
                 _shard(self.ref_model, config, autocast_dtype)
@@ -128,9 +133,23 @@ class Learner:
         return self._replica if self._replica is not None else self.model
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The current weights by name, gathered one parameter at a time (every rank must iterate)."""
-        for name, param in self.model.named_parameters():
-            yield name, _full(param.detach())
+        """The current weights by the base model's names, gathered one parameter at a time (every rank
+        must iterate). With LoRA these are the merged weights, ``W + (alpha / r) B A``."""
+        if not self.lora.rank:
+            for name, param in self.model.named_parameters():
+                yield name, _full(param.detach())
+            return
+        base = self.model.get_base_model()
+        for name, param in base.named_parameters():
+            if ".lora_" in name:
+                continue
+            tensor = _full(param.detach())
+            if name.endswith(".base_layer.weight"):
+                layer = base.get_submodule(name.removesuffix(".base_layer.weight"))
+                lora_a = _full(layer.lora_A["default"].weight.detach())
+                lora_b = _full(layer.lora_B["default"].weight.detach())
+                tensor = tensor + (lora_b @ lora_a * layer.scaling["default"]).to(tensor.dtype)
+            yield name.replace(".base_layer", ""), tensor
 
     def _refresh_replica(self) -> None:
         if self._replica is None:
@@ -171,18 +190,27 @@ class Learner:
         *,
         keep: int,
     ) -> Path:
-        """Rank 0 writes ``step-N`` (full weights, as a Hugging Face folder); the others wait for it."""
+        """Rank 0 writes ``step-N`` (full weights as a Hugging Face folder, or with LoRA the adapter as a
+        peft folder); the others wait for it."""
+        weights = _Weights(self.model, self._adapter_state()) if self.lora.rank else self.generation_model
         if self.ranks.is_main:
-            save_checkpoint(checkpoints_dir, step, self.generation_model, tokenizer, trainer_state, keep=keep)
+            save_checkpoint(checkpoints_dir, step, weights, tokenizer, trainer_state, keep=keep)
         self.ranks.barrier()
         return checkpoints_dir / f"step-{step}"
 
     def save_final(self, target: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """The trained policy as a plain Hugging Face folder, written aside and renamed into place."""
+        """The trained policy as a plain Hugging Face folder (with LoRA: merged, or the adapter alone if
+        ``model.lora.final=adapter``), written aside and renamed into place."""
+        weights: Any = self.generation_model
+        if self.lora.rank and self.lora.final == "adapter":
+            weights = _Weights(self.model, self._adapter_state())
+        elif self.lora.rank and self._replica is None:
+            weights = _Weights(self.model.get_base_model(), dict(self.full_weights()))
+        # (Under torchrun the replica already holds the merged weights.)
         if self.ranks.is_main:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            self.generation_model.save_pretrained(tmp)
+            weights.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             if target.exists():
                 shutil.rmtree(target)
@@ -190,12 +218,50 @@ class Learner:
         self.ranks.barrier()
         return target
 
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA parameters, gathered (collective under torchrun)."""
+        return {name: _full(p.detach()) for name, p in self.model.named_parameters() if p.requires_grad}
+
     def _optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         # An optimiser that has not stepped yet has nothing to save; asking torch for its state anyway
         # would initialise it with a zero-gradient step, which counts in Adam's bias correction.
         if not optimizer.state:
             return None
         return get_optimizer_state_dict(self.model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+class _Weights:
+    """A model to save with given tensors: gathered shards, an adapter alone, or merged LoRA weights."""
+
+    def __init__(self, model: PreTrainedModel, state_dict: dict[str, torch.Tensor]):
+        self.model = model
+        self.state_dict = state_dict
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path, state_dict=self.state_dict)
+
+
+def weights_source(config: Config, resume_from: Path | None) -> str:
+    """Where the policy's weights start: a checkpoint's full weights, or with LoRA the base model (a LoRA
+    checkpoint holds only the adapter, which the learner loads on top)."""
+    if resume_from is None or config.model.lora.rank:
+        return config.model.name
+    return str(resume_from)
+
+
+def _with_adapter(model: PreTrainedModel, lora: LoraConfig, resume_from: Path | None) -> PreTrainedModel:
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import PeftModel, get_peft_model
+    except ImportError as exc:
+        raise ImportError("model.lora.rank > 0 needs peft: pip install 'masa[lora]'") from exc
+    if resume_from is not None:
+        return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+    # No dropout: the first update's importance ratio must be exactly 1 and the run reproducible.
+    settings = PeftLoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules), lora_dropout=0.0
+    )
+    return get_peft_model(model, settings)
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from masa.efficient.cutoff import cutoff_limit
 from masa.efficient.gating import GateDecision, PredictiveGate
 from masa.eval.heldout import heldout_accuracy
 from masa.eval.meta_metrics import would_gate
-from masa.learner import Learner
+from masa.learner import Learner, weights_source
 from masa.meta.expert import build_expert_target, select_expert_meta
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
@@ -101,14 +101,14 @@ class Trainer:
             )
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
-        model_source = str(resume_from) if resume_from else config.model.name
-        model, self.tokenizer = load_model(model_source, seed=config.train.seed)
+        model, self.tokenizer = load_model(weights_source(config, resume_from), seed=config.train.seed)
         self.learner = Learner(
             model.to(self.device),
             config,
             pad_id=self.tokenizer.pad_token_id,
             autocast_dtype=self.autocast_dtype,
             ranks=self.ranks,
+            resume_from=resume_from,
         )
         self.ranks.seed_generation(config.train.seed)
         engine = HFEngine(
