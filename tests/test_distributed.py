@@ -42,6 +42,7 @@ def _sequences(vocab: int) -> list[TrainSequence]:
 
 
 def _learner(ranks: Ranks, *overrides):
+    torch.manual_seed(0)  # LoRA initialises its adapters from torch's generator, as the trainer seeds it
     model, tokenizer = load_model("tiny-random", seed=0)
     cfg = load_config("tiny", overrides=["algo.lr=1e-3", "algo.warmup_steps=0", *overrides])
     learner = Learner(model, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=None, ranks=ranks)
@@ -52,41 +53,45 @@ def _full_params(learner) -> dict[str, torch.Tensor]:
     return {name: tensor.clone() for name, tensor in learner.full_weights()}
 
 
-def _update_worker(rank, tmp_path, overrides):
+UPDATE_CASES = {
+    "micro-batches": ["algo.micro_batch_sequences=2"],
+    "mini-batches and epochs": ["algo.mini_batches=2", "algo.ppo_epochs=2", "algo.micro_batch_sequences=1"],
+    "kl and lora": ["algo.kl_coef=0.1", "model.lora.rank=4", "algo.micro_batch_sequences=2"],
+}
+
+
+def _update_worker(rank, tmp_path):
     ranks = _join(rank, tmp_path)
-    learner, vocab = _learner(ranks, *overrides)
-    assert type(learner.model).__name__.startswith("FSDP")
-    log = learner.update(_sequences(vocab), random.Random(0))
-    params = _full_params(learner)
-    replica = dict(learner.generation_model.named_parameters())
-    assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
+    results = {}
+    for case, overrides in UPDATE_CASES.items():
+        learner, vocab = _learner(ranks, *overrides)
+        assert type(learner.model).__name__.startswith("FSDP")
+        log = learner.update(_sequences(vocab), random.Random(0))
+        params = _full_params(learner)
+        replica = dict(learner.generation_model.named_parameters())
+        assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
+        results[case] = {"params": params, "log": log}
     if ranks.is_main:
-        torch.save({"params": params, "log": log}, tmp_path / "two.pt")
+        torch.save(results, tmp_path / "two.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["algo.micro_batch_sequences=2"],
-        ["algo.mini_batches=2", "algo.ppo_epochs=2", "algo.micro_batch_sequences=1"],
-    ],
-)
-def test_two_processes_update_like_one(tmp_path, overrides):
-    learner, vocab = _learner(Ranks(), *overrides)
-    before = _full_params(learner)
-    one_log = learner.update(_sequences(vocab), random.Random(0))
-    one = _full_params(learner)
-
-    _spawn(_update_worker, tmp_path, overrides)
+def test_two_processes_update_like_one(tmp_path):
+    """Rank 0 trains 3 sequences, rank 1 two shorter ones (plus a zero-weight stand-in)."""
+    _spawn(_update_worker, tmp_path)
     two = torch.load(tmp_path / "two.pt")
-    assert one.keys() == two["params"].keys()
-    moved = max(float((one[k] - before[k]).abs().max()) for k in one)
-    assert moved > 1e-4  # the update did something worth comparing
-    for name in one:
-        torch.testing.assert_close(two["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
-    for key in ("update/loss", "update/grad_norm", "update/trained_sequences", "update/approx_kl"):
-        assert two["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), key
+    for case, overrides in UPDATE_CASES.items():
+        learner, vocab = _learner(Ranks(), *overrides)
+        before = _full_params(learner)
+        one_log = learner.update(_sequences(vocab), random.Random(0))
+        one = _full_params(learner)
+        assert one.keys() == two[case]["params"].keys()
+        moved = max(float((one[k] - before[k]).abs().max()) for k in one)
+        assert moved > 1e-4, case  # the update did something worth comparing
+        for name in one:
+            torch.testing.assert_close(two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
+        for key in ("update/loss", "update/grad_norm", "update/trained_sequences", "update/ref_kl"):
+            assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
 
 
 def test_rank_shares_are_whole_contiguous_and_cover_everything():
