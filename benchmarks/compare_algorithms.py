@@ -26,7 +26,7 @@ ARMS = {
     "masa": ["algo=masa"],
     "masa-sft": ["algo=masa", "meta.expert_sft=true"],
     # Meta tokens are ~65% of a MASA update; a quarter weight tests whether they crowd out the solution signal.
-    "masa-sft-meta-weight-0.25": ["algo=masa", "meta.expert_sft=true", "meta.token_weight=0.25"],
+    "masa-sft-meta-weight-0.25": ["algo=masa", "meta.expert_sft=true", "meta.loss_weight=0.25"],
     "masa-efficient": ["algo=masa-efficient"],
     "masa-efficient-sft": ["algo=masa-efficient", "meta.expert_sft=true"],
 }

@@ -32,7 +32,7 @@ from masa.prompts import encode_user_message
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import SamplingParams
 from masa.trainer import load_problem_splits, load_run_config
-from masa.update import TrainSequence, sft_step
+from masa.update import TrainSequence, UpdateSettings, policy_update
 
 ROOT = Path(__file__).resolve().parent
 Buffer = list[tuple[list[int], list[int]]]
@@ -131,15 +131,19 @@ def main() -> None:
         model, _ = load_model(str(args.checkpoint))
         if lr:
             optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+            settings = UpdateSettings(micro_batch_sequences=config.algo.micro_batch_sequences)
             rng = random.Random(args.seed)
             for _ in range(args.steps):
                 picks = rng.sample(buffer, min(args.batch, len(buffer)))
-                sft_step(
+                # Expert rows alone: a pure supervised step of the learner's one update.
+                policy_update(
                     model,
                     optimizer,
-                    [TrainSequence(prompt, target, 0.0) for prompt, target in picks],
+                    scheduler,
+                    [TrainSequence(prompt, target, 0.0, kind="expert") for prompt, target in picks],
+                    settings,
                     pad_id=tokenizer.pad_token_id,
-                    micro_batch_sequences=config.algo.micro_batch_sequences,
                     autocast_dtype=autocast,
                 )
         means, parse_rate, correlation = predicted_by_level(

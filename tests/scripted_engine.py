@@ -28,7 +28,9 @@ class ScriptedEngine:
     def _problem(self, text: str) -> Problem:
         return next(p for p in self.problems if p.prompt in text)
 
-    def generate(self, prompts, n: int, params: SamplingParams, max_tokens=None) -> list[list[Rollout]]:
+    def generate(
+        self, prompts, n: int, params: SamplingParams, max_tokens=None, seed=None
+    ) -> list[list[Rollout]]:
         texts = [self.tokenizer.decode(ids) for ids in prompts]
         is_meta = ["<meta>" in t for t in texts]
         problems = [self._problem(t) for t in texts]

@@ -44,7 +44,7 @@ def _sequences(vocab: int) -> list[TrainSequence]:
 def _learner(ranks: Ranks, *overrides):
     torch.manual_seed(0)  # LoRA initialises its adapters from torch's generator, as the trainer seeds it
     model, tokenizer = load_model("tiny-random", seed=0)
-    cfg = load_config("tiny", overrides=["algo.lr=1e-3", "algo.warmup_steps=0", *overrides])
+    cfg = load_config("tiny", overrides=["algo.lr=2e-4", "algo.warmup_steps=0", *overrides])
     learner = Learner(model, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=None, ranks=ranks)
     return learner, len(tokenizer)
 
@@ -66,7 +66,7 @@ def _update_worker(rank, tmp_path):
     for case, overrides in UPDATE_CASES.items():
         learner, vocab = _learner(ranks, *overrides)
         assert type(learner.model).__name__.startswith("FSDP")
-        log = learner.update(_sequences(vocab), random.Random(0))
+        log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
         params = _full_params(learner)
         replica = dict(learner.generation_model.named_parameters())
         assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
@@ -83,14 +83,15 @@ def test_two_processes_update_like_one(tmp_path):
     for case, overrides in UPDATE_CASES.items():
         learner, vocab = _learner(Ranks(), *overrides)
         before = _full_params(learner)
-        one_log = learner.update(_sequences(vocab), random.Random(0))
+        one_log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
         one = _full_params(learner)
         assert one.keys() == two[case]["params"].keys()
         moved = max(float((one[k] - before[k]).abs().max()) for k in one)
         assert moved > 1e-4, case  # the update did something worth comparing
         for name in one:
             torch.testing.assert_close(two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
-        for key in ("update/loss", "update/grad_norm", "update/trained_sequences", "update/ref_kl"):
+        compared = ("update/loss", "update/loss_meta", "update/grad_norm", "update/trained_sequences")
+        for key in (*compared, "update/ref_kl", "grad/norm_solution", "grad/cos_solution_meta"):
             assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
 
 

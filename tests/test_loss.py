@@ -91,4 +91,25 @@ def test_pack_pads_prompts_left_and_completions_right():
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 0, 0], [0, 0, 9, 10, 11, 12]]
     assert batch.completion_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
     assert batch.position_ids[1].tolist()[2:] == [0, 1, 2, 3]
-    assert batch.advantages.tolist() == [1.0, -1.0]
+    # Each row's advantage on every completion position (padding is masked by completion_mask).
+    assert batch.advantages.tolist() == [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]
+
+
+def test_per_token_advantages_reach_their_own_tokens():
+    seq = TrainSequence([5], [8, 9, 10], 0.0, token_advantages=[1.0, 0.0, -2.0])
+    batch = pack([seq], pad_id=0)
+    assert batch.advantages.tolist() == [[1.0, 0.0, -2.0]]
+    logp = torch.zeros(1, 3, requires_grad=True)
+    loss, _ = clipped_policy_loss(
+        logp,
+        logp.detach(),
+        batch.advantages,
+        batch.completion_mask,
+        clip_low=0.2,
+        clip_high=0.28,
+        normaliser=3.0,
+    )
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-1 / 3, 0.0, 2 / 3])
+    with pytest.raises(ValueError, match="token advantages"):
+        pack([TrainSequence([5], [8, 9], 0.0, token_advantages=[1.0])], pad_id=0)

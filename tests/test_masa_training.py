@@ -146,9 +146,17 @@ def test_sequential_stage_gates_and_cuts(tmp_path):
     assert log["cutoff/mean_limit"] <= 48
 
 
-def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
+def test_expert_sft_is_a_weighted_term_of_the_same_update(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
     trainer = _trainer(
-        tmp_path, "masa", "meta.expert_sft=true", "meta.expert_lr=1e-2", "data.arithmetic_levels=[4]"
+        tmp_path,
+        "masa",
+        "meta.expert_sft=true",
+        "meta.expert_weight=50",
+        "meta.loss_weight=0",
+        "algo.lr=1e-2",
+        "algo.warmup_steps=0",
+        "data.arithmetic_levels=[4]",
     )
     trainer.train_step()
     assert len(trainer.expert_buffer) == 4
@@ -157,6 +165,9 @@ def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
     # The target keeps the expert's reasoning and states the true statistics: 2 of 4 right -> 4 of 8.
     assert "<meta>thinking about it</meta>" in text
     assert '"pass_rate": 4' in text
+    # No second optimiser: the supervised targets ride in the one policy update of the step.
+    assert not hasattr(trainer, "sft_optimizer")
+    assert sum(s.kind == "expert" for s in seen[0]) == 4
 
     from masa.update import TrainSequence, pack, token_logprobs
 
@@ -168,9 +179,10 @@ def test_expert_sft_builds_targets_and_lowers_their_loss(tmp_path):
         return float(-(lp * batch.completion_mask).sum() / batch.completion_mask.sum())
 
     start = nll()
-    for step in range(3):
+    for step in range(1, 4):
         trainer.step = step
-        trainer._expert_sft([], [], [])
+        log = trainer.train_step()
+    assert log["update/tokens_expert"] > 0
     assert nll() < start - 0.5
 
 

@@ -131,19 +131,23 @@ class MetaConfig:
     weight_length: float = 1.0
     weight_pass_rate: float = 1.0
     weight_notion: float = 1.0
-    token_weight: float = 1.0
-    """Weight of meta tokens relative to solution tokens in the policy loss."""
+    loss_weight: float = 1.0
+    """w in L = L_solution + w * L_meta (each the token-mean of its own kind; 0: no meta gradient)."""
+    loss_aggregation: Literal["per_kind", "joint"] = "per_kind"
+    """per_kind: the budget above. joint: one token-mean over solution and meta tokens together (the paper's
+    batch; meta then owns the update in proportion to its tokens), with loss_weight scaling meta tokens."""
     expert_sft: bool = False
     """Supervised steps on self-generated expert meta trajectories (paper v1)."""
     expert_threshold: float = 0.2
     """Least notion score for a meta rollout to be kept as the expert's reasoning."""
     expert_fallback: bool = True
     """When no meta rollout qualifies, build the target from the true statistics alone."""
-    expert_lr: float = 1e-5
+    expert_weight: float = 0.5
+    """Weight of the expert targets' token-mean cross-entropy, an extra term of the same optimiser step."""
     expert_every: int = 1
-    """Run a supervised step every this many training steps."""
+    """Add the supervised term every this many training steps."""
     expert_batch: int = 16
-    """Targets per supervised step, drawn from the buffer."""
+    """Targets per supervised term, drawn from the buffer."""
     expert_buffer: int = 256
     """Most recent targets kept."""
 
@@ -187,6 +191,9 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "masa"
+    grad_stats_every: int = 10
+    """Every this many steps, log each kind's gradient norm and their cosine (0: never; costs two
+    gradient copies on those steps)."""
 
 
 @dataclass
@@ -376,6 +383,7 @@ def _check_values(cfg: Config) -> None:
     _require(t.batch_problems >= 1, "train.batch_problems", ">= 1", t.batch_problems)
     _require(t.eval_every >= 0, "train.eval_every", ">= 0 (0 disables)", t.eval_every)
     _require(t.save_every >= 0, "train.save_every", ">= 0 (0 saves only at the end)", t.save_every)
+    _require(t.grad_stats_every >= 0, "train.grad_stats_every", ">= 0 (0 disables)", t.grad_stats_every)
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
     _require(d.eval_size >= 1, "data.eval_size", ">= 1", d.eval_size)
     _require(d.arithmetic_train_size >= 1, "data.arithmetic_train_size", ">= 1", d.arithmetic_train_size)
@@ -394,8 +402,8 @@ def _check_values(cfg: Config) -> None:
     _require(0 < mc.reward_base < 1, "meta.reward_base", "in (0, 1)", mc.reward_base)
     weights = (mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
     _require(min(weights) >= 0 and sum(weights) > 0, "meta.weight_*", "non-negative, not all 0", weights)
-    _require(mc.token_weight >= 0, "meta.token_weight", ">= 0", mc.token_weight)
-    _require(mc.expert_lr > 0, "meta.expert_lr", "> 0", mc.expert_lr)
+    _require(mc.loss_weight >= 0, "meta.loss_weight", ">= 0", mc.loss_weight)
+    _require(mc.expert_weight > 0, "meta.expert_weight", "> 0", mc.expert_weight)
     _require(mc.expert_every >= 1, "meta.expert_every", ">= 1", mc.expert_every)
     _require(mc.expert_batch >= 1, "meta.expert_batch", ">= 1", mc.expert_batch)
     _require(mc.expert_buffer >= 1, "meta.expert_buffer", ">= 1", mc.expert_buffer)

@@ -22,13 +22,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from masa.checkpoint import save_checkpoint
 from masa.config import Config, LoraConfig
 from masa.distributed import SINGLE_PROCESS, Ranks
-from masa.update import TrainSequence, UpdateSettings, policy_update, sft_step
+from masa.update import TrainSequence, UpdateSettings, policy_update
 
 
 class Learner:
     """Owns the policy being optimised and everything about how it is optimised.
 
-    The trainer asks it for an update (``update``, ``sft``), for the weights a rollout engine should
+    The trainer asks it for an optimiser step (``update``), for the weights a rollout engine should
     sample with (``generation_model``, ``full_weights``) and for what a checkpoint stores (``state_dict``).
     In one process the policy is the model itself and the engine shares it. Under torchrun the policy is
     sharded with FSDP2 (``fully_shard`` per decoder layer, then the root); generation then runs on a
@@ -51,8 +51,6 @@ class Learner:
         self.ranks = ranks
         self.pad_id = pad_id
         self.autocast_dtype = autocast_dtype
-        self.micro_batch_sequences = a.micro_batch_sequences
-        self.grad_clip = a.grad_clip
         self.settings = UpdateSettings(
             clip_low=a.clip_low,
             clip_high=a.clip_high,
@@ -62,6 +60,8 @@ class Learner:
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
             temperature=config.rollout.temperature,
+            kind_weights={"solution": 1.0, "meta": mc.loss_weight, "expert": mc.expert_weight},
+            aggregation=mc.loss_aggregation,
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -84,16 +84,12 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
         )
-        # Its own optimiser, so the supervised steps have their own learning rate and moments.
-        self.sft_optimizer = (
-            torch.optim.AdamW(trainable, lr=mc.expert_lr, betas=tuple(a.betas), weight_decay=0.0)
-            if mc.expert_sft and a.name != "grpo"
-            else None
-        )
 
     # ------------------------------------------------------------------------------------ updates
-    def update(self, sequences: Sequence[TrainSequence], rng: random.Random) -> dict[str, float]:
-        """One policy update on the step's whole batch (every rank passes the same sequences)."""
+    def update(
+        self, sequences: Sequence[TrainSequence], rng: random.Random, *, grad_stats: bool = False
+    ) -> dict[str, float]:
+        """One optimiser step on the step's whole batch (every rank passes the same sequences)."""
         log = policy_update(
             self.model,
             self.optimizer,
@@ -104,27 +100,11 @@ class Learner:
             autocast_dtype=self.autocast_dtype,
             ref_model=self.ref_model,
             rng=rng,
+            grad_stats=grad_stats,
             ranks=self.ranks,
         )
         self._refresh_replica()
         return log
-
-    def sft(self, sequences: Sequence[TrainSequence]) -> float:
-        """One supervised step with the expert optimiser; returns the loss."""
-        if self.sft_optimizer is None:
-            raise RuntimeError("supervised steps need meta.expert_sft=true with a MASA algorithm")
-        loss = sft_step(
-            self.model,
-            self.sft_optimizer,
-            sequences,
-            pad_id=self.pad_id,
-            micro_batch_sequences=self.micro_batch_sequences,
-            grad_clip=self.grad_clip,
-            autocast_dtype=self.autocast_dtype,
-            ranks=self.ranks,
-        )
-        self._refresh_replica()
-        return loss
 
     # ------------------------------------------------------------------------------------ weights
     @property
@@ -168,17 +148,13 @@ class Learner:
         return {
             "optimizer": self._optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
-            "sft_optimizer": self._optimizer_state(self.sft_optimizer) if self.sft_optimizer else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        options = StateDictOptions(full_state_dict=True)
-        for optimizer, saved in (
-            (self.optimizer, state["optimizer"]),
-            (self.sft_optimizer, state["sft_optimizer"]),
-        ):
-            if optimizer is not None and saved is not None:
-                set_optimizer_state_dict(self.model, optimizer, saved, options=options)
+        if state["optimizer"] is not None:
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save_checkpoint(

@@ -41,6 +41,7 @@ from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
+from masa.rng import RngStreams, stream_seed
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.tracking import (
@@ -124,7 +125,8 @@ class Trainer:
         self.sampler = ProblemSampler(
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
         )
-        self.update_rng = random.Random(config.train.seed)
+        self.streams = RngStreams(config.train.seed)
+        self.update_rng = self.streams.generator("update")
         mc, e = config.meta, config.efficient
         self.meta_weights = MetaRewardWeights(mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
         self.gate = PredictiveGate(
@@ -132,7 +134,7 @@ class Trainer:
             tolerance=e.gate_tolerance,
             min_parsed=e.gate_min_parsed,
             audit_fraction=e.audit_fraction,
-            seed=config.train.seed,
+            seed=stream_seed(config.train.seed, "audits"),
         )
         self.sequential_since: int | None = None
         self.shadow_streak = 0
@@ -156,7 +158,7 @@ class Trainer:
         3. Solution rewards; (parallel stage) M meta rollouts of the same problems.
         4. Meta rewards against this step's solution statistics.
         5. GRPO advantages in separate groups: solutions per problem, metas per problem.
-        6. One policy update over solution and meta tokens together; then the optional expert SFT step.
+        6. One optimiser step on L_solution + w_meta * L_meta (+ w_expert * the expert targets' SFT loss).
         """
         started = time.perf_counter()
         masa = self.cfg.algo.name != "grpo"
@@ -176,7 +178,9 @@ class Trainer:
             else None
         )
         prompts = [self._solution_ids(p, hints[i] if hints else None) for i, p in enumerate(problems)]
-        groups = self.engine.generate(prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits)
+        groups = self.engine.generate(
+            prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits, seed=self.streams.draw("solutions")
+        )
         texts = [self._decode(g) for g in groups]
         rewards = [self._score(p, t, g) for p, t, g in zip(problems, texts, groups, strict=True)]
         if masa and not sequential:
@@ -199,14 +203,18 @@ class Trainer:
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
-            TrainSequence(
-                m.rollout.prompt_ids, m.rollout.completion_ids, a, self.cfg.meta.token_weight, "meta"
-            )
+            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta")
             for group, advantages in zip(metas, meta_adv.advantages, strict=False)
             for m, a in zip(group, advantages, strict=True)
         ]
-        update_log = self.learner.update(sequences, self.update_rng)
-        expert_log = self._expert_sft(problems, metas, stats) if masa and self.cfg.meta.expert_sft else {}
+        expert_log: dict[str, float] = {}
+        if masa and self.cfg.meta.expert_sft:
+            expert, expert_log = self._expert_sequences(problems, metas, stats)
+            sequences += expert
+        every = self.cfg.train.grad_stats_every
+        update_log = self.learner.update(
+            sequences, self.update_rng, grad_stats=bool(every) and self.step % every == 0
+        )
         finished = time.perf_counter()
 
         if sequential:
@@ -294,7 +302,9 @@ class Trainer:
             return []
         mc = self.cfg.meta
         params = SamplingParams(self.cfg.rollout.temperature, self.cfg.rollout.top_p, mc.max_new_tokens)
-        groups = self.engine.generate([self._meta_ids(p) for p in problems], mc.n, params)
+        groups = self.engine.generate(
+            [self._meta_ids(p) for p in problems], mc.n, params, seed=self.streams.draw("metas")
+        )
         return [
             [
                 MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))
@@ -419,10 +429,10 @@ class Trainer:
             "gate/f1_cumulative": total["f1"],
         }
 
-    def _expert_sft(
+    def _expert_sequences(
         self, problems: list[Problem], metas: list[list[MetaRollout]], stats: list[SolutionStats]
-    ) -> dict[str, float]:
-        """Buffer corrected expert meta trajectories; every K steps, one supervised step on a sample."""
+    ) -> tuple[list[TrainSequence], dict[str, float]]:
+        """Buffer corrected expert meta trajectories; every K steps, a sample of them joins the update."""
         mc = self.cfg.meta
         added = 0
         for problem, group, st in zip(problems, metas, stats, strict=True):
@@ -433,12 +443,10 @@ class Trainer:
         del self.expert_buffer[: -mc.expert_buffer]
         log: dict[str, float] = {"expert/targets_added": added, "expert/buffer": len(self.expert_buffer)}
         if (self.step + 1) % mc.expert_every or not self.expert_buffer:
-            return log
+            return [], log
         picks = self.update_rng.sample(self.expert_buffer, min(mc.expert_batch, len(self.expert_buffer)))
-        log["expert/sft_loss"] = self.learner.sft(
-            [TrainSequence(prompt, target, 0.0) for prompt, target in picks]
-        )
-        return log
+        log["expert/targets_trained"] = len(picks)
+        return [TrainSequence(prompt, target, 0.0, kind="expert") for prompt, target in picks], log
 
     def _expert_target(
         self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats
@@ -528,7 +536,7 @@ class Trainer:
             **self.learner.state_dict(),
             "rank_rng": self.ranks.gather(rng_state()),
             "sampler": self.sampler.state_dict(),
-            "update_rng": self.update_rng.getstate(),
+            "rng_streams": self.streams.state_dict(),
             "elapsed": self.elapsed,
             "gate": self.gate.state_dict(),
             "sequential_since": self.sequential_since,
@@ -539,7 +547,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
-        self.update_rng.setstate(state["update_rng"])
+        self.streams.load_state_dict(state["rng_streams"])
         self.elapsed = state["elapsed"]
         self.step = state["step"]
         self.gate.load_state_dict(state["gate"])

@@ -1,16 +1,26 @@
-"""The policy update: clipped-ratio policy gradient over sampled sequences, token-mean aggregated."""
+"""The policy update: clipped-ratio policy gradient over sampled sequences, token-mean within each kind.
+
+One optimiser step minimises ``L = sum_k w_k * L_k`` over the kinds of sequence in the batch: solution
+rollouts, meta rollouts (MASA) and expert meta targets (supervised, MASA's expert SFT). Each ``L_k`` is the
+token-mean of its own kind, so the share of the update a kind gets is its weight, not its token count.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
 
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.models import autocast_context
+
+KINDS = ("solution", "meta", "expert")
+"""Sequence kinds, in the order their micro-batches run. ``expert`` rows are supervised targets."""
 
 
 @dataclass
@@ -20,9 +30,17 @@ class TrainSequence:
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
-    token_weight: float = 1.0
-    """Multiplies this sequence's per-token loss (MASA's meta-token weight)."""
     kind: str = "solution"
+    token_advantages: list[float] | None = None
+    """Per completion token, replacing ``advantage`` (field-level credit of meta rewards)."""
+
+    @property
+    def has_signal(self) -> bool:
+        if self.kind == "expert":
+            return True
+        if self.token_advantages is not None:
+            return any(a != 0.0 for a in self.token_advantages)
+        return self.advantage != 0.0
 
 
 @dataclass
@@ -32,8 +50,7 @@ class PackedBatch:
     position_ids: torch.Tensor
     completion_ids: torch.Tensor  # (B, C)
     completion_mask: torch.Tensor  # (B, C) float, 1 on real completion tokens
-    advantages: torch.Tensor  # (B,)
-    token_weights: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B, C): each row's advantage, or its per-token advantages
 
 
 def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device | str = "cpu") -> PackedBatch:
@@ -50,14 +67,23 @@ def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device |
     # Positions count real tokens only, exactly as generate() numbers a left-padded prompt.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     completion_mask = attention_mask[:, prompt_width:].float()
+    advantages = torch.zeros((rows, completion_width), dtype=torch.float32)
+    for row, seq in enumerate(sequences):
+        if seq.token_advantages is None:
+            advantages[row] = seq.advantage
+        else:
+            if len(seq.token_advantages) != len(seq.completion_ids):
+                raise ValueError(
+                    f"{len(seq.token_advantages)} token advantages for {len(seq.completion_ids)} tokens"
+                )
+            advantages[row, : len(seq.token_advantages)] = torch.tensor(seq.token_advantages)
     return PackedBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
         completion_ids=input_ids[:, prompt_width:].to(device),
         completion_mask=completion_mask.to(device),
-        advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32, device=device),
-        token_weights=torch.tensor([s.token_weight for s in sequences], dtype=torch.float32, device=device),
+        advantages=advantages.to(device),
     )
 
 
@@ -102,11 +128,12 @@ def clipped_policy_loss(
     Per token: max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high)) with r = exp(logp - old_logp).
     Token-mean aggregation: the sum over every masked token divided by ``normaliser``, the token count of
     the whole optimiser batch, so micro-batches with gradient accumulation give the same gradient as one
-    big batch. With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token.
+    big batch. ``advantages`` is per row (B,) or per token (B, C); ``token_weights`` (B,) scales rows.
+    With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
-    adv = advantages.unsqueeze(-1)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
@@ -142,6 +169,81 @@ class UpdateSettings:
     micro_batch_sequences: int = 16
     grad_clip: float = 1.0
     temperature: float = 1.0
+    kind_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 1.0))
+    """w_k of each kind's token-mean loss."""
+    aggregation: Literal["per_kind", "joint"] = "per_kind"
+    """per_kind: each kind is its own token-mean. joint: solutions and metas share one token-mean (the
+    paper's GRPO batch), so the kind with more tokens owns more of the update; expert rows stay their own."""
+
+
+def kind_token_counts(sequences: Sequence[TrainSequence], indices: Sequence[int]) -> torch.Tensor:
+    """Completion tokens of each kind (in ``KINDS`` order) among ``indices``: the loss normalisers."""
+    counts = torch.zeros(len(KINDS), dtype=torch.float64)
+    for i in indices:
+        counts[KINDS.index(sequences[i].kind)] += len(sequences[i].completion_ids)
+    return counts
+
+
+def row_scales(
+    sequences: Sequence[TrainSequence], indices: Sequence[int], counts: torch.Tensor, settings: UpdateSettings
+) -> dict[int, float]:
+    """Per sequence, the factor its per-token loss sum gets: w_kind / (tokens of its normaliser group)."""
+    joint = float(counts[KINDS.index("solution")] + counts[KINDS.index("meta")])
+    scales = {}
+    for i in indices:
+        kind = sequences[i].kind
+        shared = settings.aggregation == "joint" and kind != "expert"
+        tokens = joint if shared else float(counts[KINDS.index(kind)])
+        scales[i] = settings.kind_weights.get(kind, 1.0) / max(tokens, 1.0)
+    return scales
+
+
+class _GradientsByKind:
+    """Gradient norm of each kind's weighted loss and their cosines, from micro-batches run kind by kind.
+
+    After each kind the accumulated gradient is compared with the snapshot taken before it; the difference
+    is that kind's gradient. Costs two copies of the gradients, so it runs only on sampled steps. Under
+    FSDP each rank holds a shard of every gradient; the dot products are summed over the ranks.
+    """
+
+    def __init__(self, model: PreTrainedModel, ranks: Ranks):
+        self.ranks = ranks
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.before = [torch.zeros_like(_local(p.detach())) for p in self.params]
+        self.grads: dict[str, list[torch.Tensor]] = {}
+
+    def close_kind(self, kind: str) -> None:
+        now = [
+            _local(p.grad.detach()).clone() if p.grad is not None else torch.zeros_like(_local(p.detach()))
+            for p in self.params
+        ]
+        self.grads[kind] = [n - b for n, b in zip(now, self.before, strict=True)]
+        self.before = now
+
+    def metrics(self) -> dict[str, float]:
+        def local_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+            return math.fsum(float((x.double() * y.double()).sum()) for x, y in zip(a, b, strict=True))
+
+        kinds = list(self.grads)
+        pairs = [(a, b) for i, a in enumerate(kinds) for b in kinds[i:]]
+        dots = dict(
+            zip(
+                pairs,
+                self.ranks.sum([local_dot(self.grads[a], self.grads[b]) for a, b in pairs]),
+                strict=True,
+            )
+        )
+
+        def dot(a: str, b: str) -> float:
+            return dots[(a, b)]
+
+        norms = {k: math.sqrt(max(dot(k, k), 0.0)) for k in kinds}
+        out = {f"grad/norm_{k}": v for k, v in norms.items()}
+        for a_index, a in enumerate(kinds):
+            for b in kinds[a_index + 1 :]:
+                denominator = norms[a] * norms[b]
+                out[f"grad/cos_{a}_{b}"] = dot(a, b) / denominator if denominator else math.nan
+        return out
 
 
 def policy_update(
@@ -155,127 +257,182 @@ def policy_update(
     autocast_dtype: torch.dtype | None = None,
     ref_model: PreTrainedModel | None = None,
     rng: random.Random | None = None,
+    grad_stats: bool = False,
     ranks: Ranks = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """Optimise the policy on one batch of rollouts; returns averaged loss statistics.
+    """Optimise the policy on one batch of rollouts (and expert targets); returns averaged statistics.
 
     Old log-probs are recomputed once, before any parameter changes, when the batch is used for more than
     one optimiser step; with a single step the ratio is exactly 1 at the start, so the current log-probs
-    detached serve and the extra forward pass is skipped.
+    detached serve and the extra forward pass is skipped. ``grad_stats`` adds each kind's gradient norm
+    and the cosines between kinds, measured on the first optimiser step.
 
-    With several ranks, ``sequences`` is the whole step's batch on every rank: mini-batches are drawn from
-    it identically everywhere, each rank runs its share of every mini-batch, and the normaliser is the
-    mini-batch's global token count divided by the world size, because FSDP averages the ranks' gradients.
-    The result is the single-process update (up to the order of floating-point sums).
+    With several ranks, ``sequences`` is the whole step's batch on every rank: mini-batches and their
+    per-kind token counts come from it identically everywhere, each rank runs its share of every
+    mini-batch, and each row's loss scale is multiplied by the world size, because FSDP averages the
+    ranks' gradients. The result is the single-process update (up to the order of floating-point sums).
     """
     device = next(model.parameters()).device
     rng = rng or random.Random(0)
     count = len(sequences)
     order = list(range(count)) if settings.mini_batches == 1 else rng.sample(range(count), count)
     with_kl = ref_model is not None and settings.kl_coef > 0
-    plans: list[tuple[float, list[_Micro]]] = []
+    plans: list[tuple[dict[int, float], list[tuple[int, ...]]]] = []
+    standins: set[tuple[int, ...]] = set()
+    token_totals = torch.zeros(len(KINDS), dtype=torch.float64)
     for part in range(settings.mini_batches):
         mini = order[part :: settings.mini_batches]
         if not mini:
             continue
-        normaliser = float(max(sum(len(sequences[i].completion_ids) for i in mini), 1))
-        # A zero-advantage sequence adds exactly zero policy gradient, so without a KL term it is not run at
-        # all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
-        active = [i for i in mini if with_kl or sequences[i].advantage != 0.0]
-        plans.append((normaliser / ranks.world, _micro_batches(sequences, active, settings, ranks)))
-    packed = {
-        (p, m): pack([sequences[i] for i in micro.indices], pad_id, device)
-        for p, (_, micros) in enumerate(plans)
-        for m, micro in enumerate(micros)
+        counts = kind_token_counts(sequences, mini)
+        token_totals += counts
+        # The counts are global already (every rank holds the whole batch); FSDP's average over ranks is undone.
+        scales = {
+            i: scale * ranks.world for i, scale in row_scales(sequences, mini, counts, settings).items()
+        }
+        # A zero-advantage (or zero-weight) sequence adds exactly zero gradient, so without a KL term it
+        # is not run at all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
+        active = [
+            i
+            for i in mini
+            if scales[i] > 0 and (sequences[i].has_signal or (with_kl and sequences[i].kind != "expert"))
+        ]
+        # Micro-batches hold one kind each: similar prompts pad less, and per-kind gradients can be read.
+        active.sort(
+            key=lambda i: (
+                KINDS.index(sequences[i].kind),
+                len(sequences[i].prompt_ids) + len(sequences[i].completion_ids),
+            )
+        )
+        micro: list[tuple[int, ...]] = []
+        for kind in KINDS:
+            rows = [i for i in active if sequences[i].kind == kind]
+            kind_micro, kind_standins = _rank_micro_batches(rows, settings.micro_batch_sequences, ranks)
+            micro += kind_micro
+            standins.update(kind_standins)
+        plans.append((scales, micro))
+    packed = {key: pack([sequences[i] for i in key], pad_id, device) for _, micro in plans for key in micro}
+    weights = {
+        key: torch.tensor(
+            [0.0 if key in standins else scales[i] for i in key], dtype=torch.float32, device=device
+        )
+        for scales, micro in plans
+        for key in micro
     }
 
+    def is_rl(key: tuple[int, ...]) -> bool:
+        return sequences[key[0]].kind != "expert"
+
     reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
-    old: dict[tuple[int, int], torch.Tensor] = {}
-    ref: dict[tuple[int, int], torch.Tensor] = {}
+    old: dict[tuple[int, ...], torch.Tensor] = {}
+    ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
         for key, batch in packed.items():
+            if not is_rl(key):
+                continue
             if not reuse_current:
                 old[key] = token_logprobs(model, batch, settings.temperature)
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch, settings.temperature)
 
-    names = ("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl")
-    totals = dict.fromkeys((*names, "micro_steps", "trained_sequences"), 0.0)
+    totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
+    kind_losses = dict.fromkeys(KINDS, 0.0)
     grad_norms: list[float] = []
+    rl_micro_steps = 0
     skipped = 0
+    by_kind = _GradientsByKind(model, ranks) if grad_stats else None
+    grad_log: dict[str, float] = {}
     model.train()
-    indexed = list(enumerate(plans))
     for _ in range(settings.ppo_epochs):
-        for p, (normaliser, micros) in indexed if len(indexed) == 1 else rng.sample(indexed, len(indexed)):
-            if not micros:
+        for _, micro in plans if len(plans) == 1 else rng.sample(plans, len(plans)):
+            if not micro:
                 # No learning signal in this mini-batch: no optimiser step, so the weights (and the
                 # warm-up, which counts optimiser steps) stay where they are.
                 skipped += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
-            for m, micro in enumerate(micros):
-                batch = packed[(p, m)]
-                with autocast_context(device.type, autocast_dtype):
-                    logprobs = token_logprobs(model, batch, settings.temperature)
-                loss, stats = clipped_policy_loss(
-                    logprobs,
-                    logprobs.detach() if reuse_current else old[(p, m)],
-                    batch.advantages,
-                    batch.completion_mask,
-                    clip_low=settings.clip_low,
-                    clip_high=settings.clip_high,
-                    normaliser=normaliser,
-                    token_weights=batch.token_weights,
-                    ref_logprobs=ref.get((p, m)),
-                    kl_coef=settings.kl_coef,
-                )
-                (loss * micro.scale).backward()
-                if micro.scale:
-                    totals["loss"] += float(loss.detach())
-                    for name in names[1:]:
-                        totals[name] += getattr(stats, name)
-                    totals["micro_steps"] += 1
-                    totals["trained_sequences"] += len(micro.indices)
+            for position, key in enumerate(micro):
+                batch = packed[key]
+                kind = sequences[key[0]].kind
+                if is_rl(key):
+                    with autocast_context(device.type, autocast_dtype):
+                        logprobs = token_logprobs(model, batch, settings.temperature)
+                    loss, stats = clipped_policy_loss(
+                        logprobs,
+                        logprobs.detach() if reuse_current else old[key],
+                        batch.advantages,
+                        batch.completion_mask,
+                        clip_low=settings.clip_low,
+                        clip_high=settings.clip_high,
+                        normaliser=1.0,
+                        token_weights=weights[key],
+                        ref_logprobs=ref.get(key),
+                        kl_coef=settings.kl_coef,
+                    )
+                    if key not in standins:
+                        for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
+                            totals[name] += getattr(stats, name)
+                        rl_micro_steps += 1
+                else:
+                    with autocast_context(device.type, autocast_dtype):
+                        logprobs = token_logprobs(model, batch)
+                    # Cross-entropy on the target tokens, weighted and normalised like any other kind.
+                    loss = -(logprobs * batch.completion_mask * weights[key].unsqueeze(-1)).sum()
+                loss.backward()
+                totals["loss"] += float(loss.detach())
+                kind_losses[kind] += float(loss.detach())
+                last_of_kind = position + 1 == len(micro) or sequences[micro[position + 1][0]].kind != kind
+                if by_kind is not None and last_of_kind:
+                    by_kind.close_kind(kind)
+            if by_kind is not None:
+                grad_log = by_kind.metrics()
+                by_kind = None
             grad_norms.append(_clip_gradients(model, settings.grad_clip))
             optimizer.step()
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    totals = dict(zip(totals, ranks.sum(list(totals.values())), strict=True))
-    metrics = {f"update/{k}": totals[k] / max(totals["micro_steps"], 1) for k in names[1:]}
-    # Each rank's losses are scaled up by the world size (see the docstring), hence the division.
-    metrics["update/loss"] = totals["loss"] / ranks.world / max(settings.ppo_epochs * len(plans), 1)
+    # Every rank saw its share: sum over ranks (losses were scaled up by the world size, see above).
+    trained = sum(len(key) for _, micro in plans for key in micro if key not in standins)
+    names = [*totals, *(f"loss_{k}" for k in KINDS), "rl_micro_steps", "trained"]
+    summed = dict(
+        zip(names, ranks.sum([*totals.values(), *kind_losses.values(), rl_micro_steps, trained]), strict=True)
+    )
+    totals = {k: summed[k] for k in totals}
+    kind_losses = {k: summed[f"loss_{k}"] / ranks.world for k in KINDS}
+    totals["loss"] /= ranks.world
+    rl_micro_steps = summed["rl_micro_steps"]
+    metrics = {f"update/{k}": v / max(rl_micro_steps, 1) for k, v in totals.items() if k != "loss"}
+    passes = max(settings.ppo_epochs * len(plans), 1)
+    metrics["update/loss"] = totals["loss"] / passes
+    for kind, total in kind_losses.items():
+        if token_totals[KINDS.index(kind)] > 0:
+            metrics[f"update/loss_{kind}"] = total / passes
+            metrics[f"update/tokens_{kind}"] = float(token_totals[KINDS.index(kind)])
     metrics["update/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["update/skipped_minibatches"] = skipped
-    metrics["update/trained_sequences"] = totals["trained_sequences"] / settings.ppo_epochs
+    metrics["update/trained_sequences"] = summed["trained"]
     metrics["update/lr"] = scheduler.get_last_lr()[0]
+    metrics.update(grad_log)
     return metrics
 
 
-@dataclass(frozen=True)
-class _Micro:
-    indices: tuple[int, ...]
-    scale: float = 1.0
-    """0 for a stand-in: a rank with less work repeats a sequence at zero weight, because under FSDP every
-    rank must run the same number of forward and backward passes (each one all-gathers parameters)."""
+def _rank_micro_batches(
+    rows: list[int], step: int, ranks: Ranks
+) -> tuple[list[tuple[int, ...]], set[tuple[int, ...]]]:
+    """This rank's micro-batches of one kind's rows (sorted by length), as many on every rank.
 
-
-def _micro_batches(
-    sequences: Sequence[TrainSequence], active: list[int], settings: UpdateSettings, ranks: Ranks
-) -> list[_Micro]:
-    """This rank's micro-batches of one mini-batch, as many on every rank.
-
-    Sorting by length keeps padding small within a micro-batch; dealing the sorted list out in turn gives
-    the ranks near-equal token counts.
+    The rows are dealt out to the ranks in turn, so shares differ by at most one row and near-equal in
+    tokens. A rank with a micro-batch fewer repeats the first row at zero weight (a stand-in, also
+    returned), because under FSDP every rank must run the same forward and backward passes: each one
+    all-gathers parameters. Rank 0 never needs one, so a stand-in never repeats a key of its own rank.
     """
-    if not active:
-        return []
-    ordered = sorted(active, key=lambda i: len(sequences[i].prompt_ids) + len(sequences[i].completion_ids))
-    mine = ordered[ranks.rank :: ranks.world]
-    step = settings.micro_batch_sequences
-    micros = [_Micro(tuple(mine[j : j + step])) for j in range(0, len(mine), step)]
-    per_rank = -(-len(ordered) // ranks.world)
-    micros += [_Micro((ordered[0],), 0.0)] * (-(-per_rank // step) - len(micros))
-    return micros
+    if not rows:
+        return [], set()
+    mine = rows[ranks.rank :: ranks.world]
+    micro = [tuple(mine[j : j + step]) for j in range(0, len(mine), step)]
+    wanted = math.ceil(math.ceil(len(rows) / ranks.world) / step)
+    standins = [(rows[0],)] * (wanted - len(micro))
+    return micro + standins, set(standins)
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
@@ -284,35 +441,6 @@ def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def sft_step(
-    model: PreTrainedModel,
-    optimizer: torch.optim.Optimizer,
-    sequences: Sequence[TrainSequence],
-    *,
-    pad_id: int,
-    micro_batch_sequences: int = 16,
-    grad_clip: float = 1.0,
-    autocast_dtype: torch.dtype | None = None,
-    ranks: Ranks = SINGLE_PROCESS,
-) -> float:
-    """One supervised step: token-mean cross-entropy on the completion tokens only; returns the loss.
-
-    With several ranks each runs its share of ``sequences`` (the same list everywhere), as ``policy_update``.
-    """
-    device = next(model.parameters()).device
-    normaliser = float(max(sum(len(s.completion_ids) for s in sequences), 1)) / ranks.world
-    settings = UpdateSettings(micro_batch_sequences=micro_batch_sequences)
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss_sum = 0.0
-    for micro in _micro_batches(sequences, list(range(len(sequences))), settings, ranks):
-        batch = pack([sequences[i] for i in micro.indices], pad_id, device)
-        with autocast_context(device.type, autocast_dtype):
-            logprobs = token_logprobs(model, batch)
-        loss = -(logprobs * batch.completion_mask).sum() / normaliser
-        (loss * micro.scale).backward()
-        loss_sum += float(loss.detach()) * micro.scale
-    _clip_gradients(model, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return ranks.sum([loss_sum])[0] / ranks.world
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter or gradient; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -31,9 +31,11 @@ class RolloutEngine(Protocol):
         n: int,
         params: SamplingParams,
         max_tokens: Sequence[int] | None = None,
+        seed: int | None = None,
     ) -> list[list[Rollout]]:
         """``n`` completions of each prompt; ``max_tokens[i]`` caps prompt i's completions below
-        ``params.max_new_tokens`` (finish reason CUTOFF when it bites)."""
+        ``params.max_new_tokens`` (finish reason CUTOFF when it bites). With a ``seed`` the samples
+        depend on it alone, not on (and without changing) the global RNG."""
         ...
 
 
@@ -106,13 +108,28 @@ class HFEngine:
         self.eos_ids = sorted(i for i in eos_ids if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[list[int]],
         n: int,
         params: SamplingParams,
         max_tokens: Sequence[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Rollout]]:
+        if seed is None:
+            return self._generate(prompts, n, params, max_tokens)
+        device = self.model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._generate(prompts, n, params, max_tokens)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+        max_tokens: Sequence[int] | None,
     ) -> list[list[Rollout]]:
         if max_tokens is not None and len(max_tokens) != len(prompts):
             raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
