@@ -207,17 +207,22 @@ class _GradientsByKind:
     """
 
     def __init__(self, model: PreTrainedModel, ranks: Ranks):
+        self.model = model
         self.ranks = ranks
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.before = [torch.zeros_like(_local(p.detach())) for p in self.params]
+        self.before: list[torch.Tensor] | None = None
         self.grads: dict[str, list[torch.Tensor]] = {}
 
     def close_kind(self, kind: str) -> None:
+        # The parameters are looked up now, after the backward pass: FSDP2 registers unsharded stand-ins
+        # while a module is gathered (the root can stay gathered after a no-grad forward), and only the
+        # sharded parameters hold the reduced gradients.
+        params = [p for p in self.model.parameters() if p.requires_grad]
         now = [
             _local(p.grad.detach()).clone() if p.grad is not None else torch.zeros_like(_local(p.detach()))
-            for p in self.params
+            for p in params
         ]
-        self.grads[kind] = [n - b for n, b in zip(now, self.before, strict=True)]
+        before = self.before or [torch.zeros_like(n) for n in now]
+        self.grads[kind] = [n - b for n, b in zip(now, before, strict=True)]
         self.before = now
 
     def metrics(self) -> dict[str, float]:
