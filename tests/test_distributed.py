@@ -150,7 +150,9 @@ def _scripted_trainer(cfg, run_dir):
 
     trainer = Trainer(cfg, run_dir=run_dir)
     scripted = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _meta)
-    trainer.engine = SplitEngine(scripted, trainer.ranks) if trainer.ranks.distributed else scripted
+    # Behind the trainer's version check (and, with several ranks, its split of the prompts).
+    synced = trainer.engine.engine if isinstance(trainer.engine, SplitEngine) else trainer.engine
+    synced.engine = scripted
     return trainer, scripted
 
 

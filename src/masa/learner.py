@@ -60,6 +60,10 @@ class Learner:
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
             temperature=config.rollout.temperature,
+            recompute_old_logprobs=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
+            importance_sampling_cap=config.rollout.importance_sampling_cap
+            if _importance_sampling(config)
+            else None,
             kind_weights={"solution": 1.0, "meta": mc.loss_weight, "expert": mc.expert_weight},
             aggregation=mc.loss_aggregation,
         )
@@ -112,15 +116,16 @@ class Learner:
         """A plain (unsharded) module with the current weights, for a rollout engine to sample with."""
         return self._replica if self._replica is not None else self.model
 
-    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def full_weights(self, remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """The current weights by the base model's names, gathered one parameter at a time (every rank
-        must iterate). With LoRA these are the merged weights, ``W + (alpha / r) B A``."""
+        must iterate). With LoRA these are the merged weights, ``W + (alpha / r) B A``. With
+        ``remove_duplicate=False`` a tied weight comes under each of its names."""
         if not self.lora.rank:
-            for name, param in self.model.named_parameters():
+            for name, param in self.model.named_parameters(remove_duplicate=remove_duplicate):
                 yield name, _full(param.detach())
             return
         base = self.model.get_base_model()
-        for name, param in base.named_parameters():
+        for name, param in base.named_parameters(remove_duplicate=remove_duplicate):
             if ".lora_" in name:
                 continue
             tensor = _full(param.detach())
@@ -215,6 +220,12 @@ class _Weights:
 
     def save_pretrained(self, path: Path) -> None:
         self.model.save_pretrained(path, state_dict=self.state_dict)
+
+
+def _importance_sampling(config: Config) -> bool:
+    """On by default when the sampler is not the policy module itself."""
+    r = config.rollout
+    return r.engine != "hf" if r.importance_sampling is None else r.importance_sampling
 
 
 def weights_source(config: Config, resume_from: Path | None) -> str:

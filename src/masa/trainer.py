@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import signal
@@ -42,7 +43,8 @@ from masa.models import load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
-from masa.rollout.engine import HFEngine
+from masa.rollout import build_engine
+from masa.rollout.sync import SyncedEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.tracking import (
     CONFIG_FILE,
@@ -102,7 +104,8 @@ class Trainer:
             )
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
-        model, self.tokenizer = load_model(weights_source(config, resume_from), seed=config.train.seed)
+        model_source = weights_source(config, resume_from)
+        model, self.tokenizer = load_model(model_source, seed=config.train.seed)
         self.learner = Learner(
             model.to(self.device),
             config,
@@ -112,11 +115,19 @@ class Trainer:
             resume_from=resume_from,
         )
         self.ranks.seed_generation(config.train.seed)
-        engine = HFEngine(
-            self.learner.generation_model,
-            self.tokenizer,
-            max_batch_sequences=config.rollout.max_batch_sequences,
-            autocast_dtype=self.autocast_dtype,
+        # Built from the weights just loaded (the checkpoint's, on resume), before any optimiser step.
+        engine = SyncedEngine(
+            build_engine(
+                config.rollout,
+                self.learner.generation_model,
+                self.tokenizer,
+                model_source=model_source,
+                autocast_dtype=self.autocast_dtype,
+                seed=config.train.seed,
+                threads=config.model.threads,
+            ),
+            # Tied weights under every name: vLLM's CPU backend keeps its own packed copy of a tied lm_head.
+            functools.partial(self.learner.full_weights, remove_duplicate=False),
         )
         self.engine = SplitEngine(engine, self.ranks) if self.ranks.distributed else engine
         self.sampling = SamplingParams(
@@ -139,6 +150,7 @@ class Trainer:
         self.sequential_since: int | None = None
         self.shadow_streak = 0
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
+        self.engine.track(self.learner.optimizer)
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
@@ -159,6 +171,7 @@ class Trainer:
         4. Meta rewards against this step's solution statistics.
         5. GRPO advantages in separate groups: solutions per problem, metas per problem.
         6. One optimiser step on L_solution + w_meta * L_meta (+ w_expert * the expert targets' SFT loss).
+        7. The rollout engine gets the new weights before it samples again.
         """
         started = time.perf_counter()
         masa = self.cfg.algo.name != "grpo"
@@ -199,11 +212,17 @@ class Trainer:
             [[s.combined for s in group] for group in meta_scores], eps=eps, scale=scale
         )
         sequences = [
-            TrainSequence(r.prompt_ids, r.completion_ids, a)
+            TrainSequence(r.prompt_ids, r.completion_ids, a, sampler_logprobs=r.logprobs)
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
-            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta")
+            TrainSequence(
+                m.rollout.prompt_ids,
+                m.rollout.completion_ids,
+                a,
+                kind="meta",
+                sampler_logprobs=m.rollout.logprobs,
+            )
             for group, advantages in zip(metas, meta_adv.advantages, strict=False)
             for m, a in zip(group, advantages, strict=True)
         ]
@@ -215,6 +234,7 @@ class Trainer:
         update_log = self.learner.update(
             sequences, self.update_rng, grad_stats=bool(every) and self.step % every == 0
         )
+        sync_seconds = self.engine.sync()
         finished = time.perf_counter()
 
         if sequential:
@@ -245,6 +265,7 @@ class Trainer:
             "perf/step_seconds": finished - started,
             "perf/generate_seconds": generated - started,
             "perf/update_seconds": finished - generated,
+            "perf/weight_sync_seconds": sync_seconds,
             "perf/tokens_per_second": (solution_tokens + meta_tokens) / max(generated - started, 1e-9),
             **update_log,
             **expert_log,
