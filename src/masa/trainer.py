@@ -150,12 +150,13 @@ class Trainer:
         self.sequential_since: int | None = None
         self.shadow_streak = 0
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
-        self.engine.track(self.learner.optimizer)
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
             self._restore(load_trainer_state(resume_from))
             self.console.print(f"[bold]Resumed[/] {self.run_dir} at step {self.step} from {resume_from.name}")
+        # After restoring: loading optimiser state is no optimiser step the engine would have to catch up on.
+        self.engine.track(self.learner.optimizer)
         # Every rank has checked the folder before rank 0 creates it.
         self.ranks.barrier()
         self.writer = self._open_run_folder(resume) if self.ranks.is_main else NullWriter()
