@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from masa.checkpoint import save_checkpoint
+from masa.checkpoint import save_checkpoint, save_model_folder
 from masa.config import Config, LoraConfig
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.update import TrainSequence, UpdateSettings, policy_update
@@ -189,13 +186,7 @@ class Learner:
             weights = _Weights(self.model.get_base_model(), dict(self.full_weights()))
         # (Under torchrun the replica already holds the merged weights.)
         if self.ranks.is_main:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            weights.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            save_model_folder(target, weights, tokenizer)
         self.ranks.barrier()
         return target
 
