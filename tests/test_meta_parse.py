@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masa.meta.parse import MAX_SCAN_CHARS, MetaPrediction, parse_meta_prediction
+from masa.meta.parse import MAX_SCAN_CHARS, MAX_SOLUTION_LENGTH, MetaPrediction, parse_meta_prediction
 from masa.meta.prompt import render_meta_json
 
 CANONICAL = '{"math_notion": ["modular arithmetic"], "pass_rate": 5, "solution_length": 300}'
@@ -149,6 +149,10 @@ def test_pass_rate_scale_is_respected():
         ('"long"', None),
         ("false", None),
         ("Infinity", None),
+        ("1000000", MAX_SOLUTION_LENGTH),
+        ("1000001", MAX_SOLUTION_LENGTH),
+        ("1e308", MAX_SOLUTION_LENGTH),
+        ('"12,000,000 tokens"', MAX_SOLUTION_LENGTH),
     ],
 )
 def test_solution_length_values(value, expected):
@@ -218,7 +222,7 @@ def test_pathological_inputs(text):
 def test_huge_numbers_and_deep_nesting():
     big = "9" * 4300  # the longest int Python will convert from text
     assert parse_meta_prediction(f'{{"pass_rate": {big}}}').reasons["pass_rate"].startswith("out of range")
-    assert parse_meta_prediction(f'{{"solution_length": {big}}}').solution_length == int(big)
+    assert parse_meta_prediction(f'{{"solution_length": {big}}}').solution_length == MAX_SOLUTION_LENGTH
     assert parse_meta_prediction(f'{{"notions": [{big}]}}').notions == [big]
     for depth in (500, 990, 5000):
         nested = "[" * depth + "]" * depth
@@ -245,7 +249,7 @@ def test_never_raises_on_text(text):
 def test_never_raises_on_json_like_text(text, scale):
     pred = parse_meta_prediction(text, pass_rate_scale=scale)
     assert pred.pass_rate is None or 0 <= pred.pass_rate <= scale
-    assert pred.solution_length is None or pred.solution_length >= 1
+    assert pred.solution_length is None or 1 <= pred.solution_length <= MAX_SOLUTION_LENGTH
     assert set(pred.reasons) == {"notions", "pass_rate", "solution_length"} - set(pred.parsed_fields)
 
 

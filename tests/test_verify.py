@@ -1,10 +1,13 @@
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from masa import verify
-from masa.verify import check_answer, check_answers, extract_answer
+from masa import verify, verify_worker
+from masa.verify import check_answer, check_answers, extract_answer, verify_timeouts
 
 
 @pytest.mark.parametrize(
@@ -84,20 +87,72 @@ def test_check_answers_matches_check_answer() -> None:
     assert check_answers(completions, "42") == [True, False, False, True, True]
 
 
+def _warm_worker() -> int:
+    """Make sure an idle worker is up (``\\sqrt{4}`` is not settled in-process) and return its pid."""
+    assert check_answer(r"\boxed{\sqrt{4}}", "2")
+    return verify_worker.pool().idle_pids()[-1]
+
+
 def test_pathological_answer_times_out_as_false() -> None:
-    assert check_answer(r"\boxed{\frac{1}{2}}", "0.5")  # the worker is up, so only the deadline is timed
+    _warm_worker()
+    before = verify_timeouts()
     start = time.perf_counter()
+    # A huge integer power is one long C call, which the CPU timer cannot interrupt: the worker is killed.
     assert not check_answer(r"\boxed{9^{9^{9^{9}}}}", "2", timeout_s=0.5)
-    assert time.perf_counter() - start < 1.5
-    assert check_answer(r"\boxed{\frac{2}{4}}", "0.5")  # the killed worker was replaced
+    assert time.perf_counter() - start < 60  # hang guard only
+    assert verify_timeouts() == before + 1
+    assert check_answer(r"\boxed{\sqrt{9}}", "3")  # the killed worker was replaced
+
+
+def test_timeout_in_python_code_keeps_the_worker_warm() -> None:
+    pid = _warm_worker()
+    before = verify_timeouts()
+    # Expanding a 60th power takes sympy about a second of pure Python, which the CPU timer interrupts.
+    assert not check_answer(r"\boxed{(x+1)^{60}}", "x^{60}+1", timeout_s=0.05)
+    assert verify_timeouts() == before + 1
+    assert verify_worker.pool().idle_pids() == [pid]
+    assert check_answer(r"\boxed{\sqrt{16}}", "4")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="CPU time of a process is read from /proc")
+def test_deadline_counts_cpu_time_not_wall_time() -> None:
+    """A worker that gets no CPU for a while (a loaded machine, here simulated by stopping it) still gives
+    its verdict: under a wall-clock deadline this correct answer scored 0."""
+    pid = _warm_worker()
+    os.kill(pid, signal.SIGSTOP)
+    resume = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        before = verify_timeouts()
+        assert check_answer(r"\boxed{\sqrt{25}}", "5", timeout_s=0.3)
+        assert verify_timeouts() == before
+    finally:
+        resume.join()
+
+
+def test_answer_and_reference_lengths_are_capped_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_worker() -> None:
+        raise AssertionError("an over-long input must not reach math-verify")
+
+    monkeypatch.setattr(verify, "pool", no_worker)
+    start = time.perf_counter()
+    # Stripping ``$`` pairs before the cap was quadratic: 31 s for this one.
+    assert not check_answer("\\boxed{" + "$" * 2**20 + "}", "1")
+    assert not check_answer(r"\boxed{1}", "$" * 2**20)
+    huge = "1" * 10**6
+    assert not check_answer(f"\\boxed{{{huge}}}", huge)
+    assert not check_answer(r"\boxed{1}", huge)
+    assert not check_answer(r"\boxed{1}", rf"\boxed{{{huge[:5000]}}}")
+    assert time.perf_counter() - start < 30  # hang guard only
+    assert check_answer(r"\boxed{1}", "x" * 5000 + r"\boxed{1}")  # a worked solution is a fine reference
 
 
 def test_unstartable_worker_scores_false(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_pool() -> None:
         raise OSError("cannot spawn")
 
-    monkeypatch.setattr(verify, "_pool", broken_pool)
-    assert not check_answer(r"\boxed{\frac{1}{2}}", "0.5")
+    monkeypatch.setattr(verify, "pool", broken_pool)
+    assert not check_answer(r"\boxed{\sqrt{4}}", "2")
     assert check_answer(r"\boxed{42}", "42")  # plain numbers never need the worker
 
 
@@ -107,7 +162,7 @@ def test_works_off_the_main_thread() -> None:
         threading.Thread(
             target=lambda ok=ok: results.append(check_answer(rf"\boxed{{{ok}}}", r"\frac{1}{2}"))
         )
-        for ok in ["0.5", r"\frac{2}{4}", r"\frac{1}{3}"]
+        for ok in [r"\sqrt{\frac{1}{4}}", r"\sin(\frac{\pi}{6})", r"\frac{1}{3}"]
     ]
     for thread in threads:
         thread.start()

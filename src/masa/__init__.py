@@ -17,6 +17,7 @@ _EXPORTS = {
     "check_answer": "masa.verify",
     "check_answers": "masa.verify",
     "extract_answer": "masa.verify",
+    "verify_timeouts": "masa.verify",
     "Problem": "masa.data.problem",
     "FieldMap": "masa.data.loaders",
     "DataError": "masa.data.loaders",

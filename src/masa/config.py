@@ -72,6 +72,7 @@ class DataConfig:
     answer_fallback: Literal["last_number", "none"] = "last_number"
     """What counts as the final answer when a completion has no \\boxed{}."""
     verify_timeout_s: float = 2.0
+    """CPU seconds math-verify may spend on one answer check; how busy the machine is does not count."""
     shuffle: bool = True
 
 

@@ -56,6 +56,7 @@ from masa.tracking import (
     progress_bar,
 )
 from masa.update import TrainSequence
+from masa.verify import verify_timeouts
 
 RewardFn = Callable[[Problem, list[str], list[Rollout]], Sequence[float]]
 """A custom solution reward: (problem, decoded completions, rollouts) -> one reward per rollout."""
@@ -177,6 +178,7 @@ class Trainer:
         7. The rollout engine gets the new weights before it samples again.
         """
         started = time.perf_counter()
+        timeouts_before = verify_timeouts()
         masa = self.cfg.algo.name != "grpo"
         sequential = self._in_sequential_stage()
         batch_size = self.cfg.train.batch_problems
@@ -258,6 +260,7 @@ class Trainer:
         log = {
             "stage/sequential": float(sequential),
             "reward/solution": sum(flat_rewards) / max(len(flat_rewards), 1),
+            "reward/verify_timeouts": verify_timeouts() - timeouts_before,
             "groups/zero_variance_fraction": _mean([float(z) for z in solution_adv.zero_variance]),
             "solution/truncated_fraction": _share(rollouts, FinishReason.LENGTH),
             "solution/mean_tokens": solution_tokens / max(len(rollouts), 1),

@@ -60,7 +60,7 @@ from masa.rollout.engine import HFEngine, RolloutEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.runfiles import append_jsonl, write_text
 from masa.tracking import progress_bar
-from masa.verify import check_answers
+from masa.verify import check_answers, verify_timeouts
 
 __all__ = [
     "GATING_SIGMAS",
@@ -205,6 +205,8 @@ class EvalResult:
             "pass_at_k": {str(k): dataclasses.asdict(v) for k, v in self.pass_at_k.items()},
             "mean_tokens": self.mean_tokens,
             "truncated_fraction": self.truncated_fraction,
+            # Rows saved before this count existed have none.
+            "verify_timeouts": sum(row.get("verify_timeouts", 0) for row in self.problems),
             **({"meta": self.meta} if self.meta is not None else {}),
             "plots": [str(p) for p in self.plots],
             "resumed_problems": self.resumed_problems,
@@ -385,6 +387,7 @@ def _evaluate_batch(
     rows = []
     for index, (problem, rollouts) in enumerate(zip(batch, groups, strict=True)):
         texts = _decode(tokenizer, rollouts)
+        timeouts_before = verify_timeouts()
         correct = check_answers(
             texts, problem.answer, timeout_s=settings.verify_timeout_s, fallback=settings.answer_fallback
         )
@@ -394,6 +397,8 @@ def _evaluate_batch(
             "difficulty": problem.difficulty,
             "n": len(rollouts),
             "c": sum(correct),
+            # Answers scored wrong only because math-verify gave no verdict in time.
+            "verify_timeouts": verify_timeouts() - timeouts_before,
             "completions": [
                 {"text": t, "num_tokens": r.num_tokens, "finish_reason": str(r.finish_reason), "correct": ok}
                 for t, r, ok in zip(texts, rollouts, correct, strict=True)

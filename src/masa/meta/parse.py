@@ -15,6 +15,9 @@ Decisions where the spec is silent:
   rounded half up. ``"a/b"`` is a count when b == B, else the fraction a/b scaled to B; ``"75%"`` is a
   fraction. Negative values, and values that round outside 0..B, are rejected.
 - ``solution_length`` is rounded half up and must be a positive integer; ``"1,024 tokens"`` is accepted.
+  Values above ``MAX_SOLUTION_LENGTH`` (10^6 tokens, beyond any generation budget) are clamped to it, so
+  that ``1e308`` or a 4,000-digit integer stays an ordinary number that rewards and cutoffs can use (as a
+  float it would overflow).
 - ``notions`` may be a list or a comma/semicolon/newline-separated string; items are stripped and empty
   ones dropped. An empty list parses as ``[]`` (stated, scores 0), unlike a missing key (``None``).
 """
@@ -37,6 +40,7 @@ MAX_SCAN_CHARS = 20_000
 MAX_OBJECT_CHARS = 8_000
 MAX_CANDIDATES = 256
 MAX_DEPTH = 32
+MAX_SOLUTION_LENGTH = 1_000_000
 
 T = TypeVar("T")
 
@@ -278,7 +282,7 @@ def _solution_length(raw: object) -> tuple[int | None, str]:
         value = _exact(_THOUSANDS.sub("", text).strip().lstrip("~"))
     if value is None:
         return None, f"not a token count: {_preview(raw)}"
-    length = _round_half_up(value)
+    length = _round_half_up(min(value, MAX_SOLUTION_LENGTH))
     if length < 1:
         return None, f"not positive: {_preview(raw)}"
     return length, ""

@@ -129,6 +129,13 @@ class VLLMEngine:
                 # (the default raw mode ignores the temperature).
                 logprobs_mode="processed_logprobs",
             )
+            # Some models load but cannot run (e.g. a head size the CPU attention kernels lack); one
+            # token now turns that into a start-up error instead of a crash at the first rollout.
+            self.llm.generate(
+                [{"prompt_token_ids": [self.eos_ids[0]]}],
+                vllm.SamplingParams(max_tokens=1, detokenize=False),
+                use_tqdm=False,
+            )
         except Exception as exc:
             raise EngineSetupError(f"vLLM cannot load model {options.model!r}: {_first_line(exc)}") from exc
         self.weights_version = 0
