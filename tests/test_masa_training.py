@@ -6,7 +6,7 @@ import pytest
 import torch
 from scripted_engine import ScriptedEngine
 
-import masa.trainer as trainer_module
+import masa.learner as learner_module
 from masa.advantages import group_advantages
 from masa.config import load_config
 from masa.meta.prompt import render_meta_json
@@ -69,13 +69,13 @@ def _trainer(tmp_path, name, *overrides, run="r", resume=False):
 
 def _record_updates(monkeypatch):
     seen = []
-    real = trainer_module.policy_update
+    real = learner_module.policy_update
 
     def recording(model, optimizer, scheduler, sequences, *args, **kwargs):
         seen.append(list(sequences))
         return real(model, optimizer, scheduler, sequences, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "policy_update", recording)
+    monkeypatch.setattr(learner_module, "policy_update", recording)
     return seen
 
 

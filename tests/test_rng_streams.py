@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import masa.trainer as trainer_module
+import masa.learner as learner_module
 from masa.config import load_config
 from masa.rng import RngStreams
 from masa.rollout.engine import HFEngine
@@ -42,7 +42,7 @@ def test_seeded_generation_ignores_and_keeps_the_global_rng(tiny):
 
 def _run(tmp_path, name, *overrides):
     seen = []
-    real = trainer_module.policy_update
+    real = learner_module.policy_update
 
     def recording(model, optimizer, scheduler, sequences, *args, **kwargs):
         seen.append([s.completion_ids for s in sequences if s.kind == "solution"])
@@ -63,7 +63,7 @@ def _run(tmp_path, name, *overrides):
     )
     trainer = Trainer(config, run_dir=tmp_path / name)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer_module, "policy_update", recording)
+        patch.setattr(learner_module, "policy_update", recording)
         for step in range(3):
             trainer.step = step
             trainer.train_step()

@@ -22,6 +22,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through peft: only the adapter is optimised and saved."""
+
+    rank: int = 0
+    """Adapter rank r; 0 trains every weight (no adapter)."""
+    alpha: float = 32.0
+    """Scaling numerator: the adapter's update is multiplied by alpha / rank."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get an adapter."""
+    final: Literal["merged", "adapter"] = "merged"
+    """What final/ holds: the merged model (a plain Hugging Face folder) or the adapter alone."""
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"
     """Hub id, local path, or a built-in: smollm2-135m-instruct (embedded, offline) or tiny-random."""
@@ -30,6 +46,10 @@ class ModelConfig:
     AVX512-BF16). Master weights and the optimiser stay fp32 either way."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (activation checkpointing): less memory, more compute."""
+    cpu_offload: bool = False
+    """Under torchrun: keep the FSDP2-sharded parameters, gradients and optimiser state in CPU memory."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default (one per core)."""
 
@@ -451,26 +471,37 @@ def _check_values(cfg: Config) -> None:
     _require(e.cutoff_factor > 0, "efficient.cutoff_factor", "> 0", e.cutoff_factor)
     _require(e.cutoff_min_tokens >= 1, "efficient.cutoff_min_tokens", ">= 1", e.cutoff_min_tokens)
     _require(m.threads >= 0, "model.threads", ">= 0", m.threads)
+    _require(m.lora.rank >= 0, "model.lora.rank", ">= 0 (0 disables LoRA)", m.lora.rank)
+    _require(m.lora.alpha > 0, "model.lora.alpha", "> 0", m.lora.alpha)
+    _require(
+        bool(m.lora.target_modules), "model.lora.target_modules", "a non-empty list", m.lora.target_modules
+    )
     _require(bool(m.name), "model.name", "a non-empty model name or path", m.name)
 
 
 def describe_options() -> str:
     """Every option with its default and help text, for ``masa train --help``."""
-    lines = []
-    default = Config()
+    lines: list[str] = []
     for section in dataclasses.fields(Config):
-        sec_obj = getattr(default, section.name)
-        docs = _field_docs(type(sec_obj))
-        for f in dataclasses.fields(sec_obj):
-            hint = typing.get_type_hints(type(sec_obj))[f.name]
-            allowed = ""
-            if typing.get_origin(hint) is Literal:
-                allowed = f" {{{'|'.join(map(str, typing.get_args(hint)))}}}"
-            value = getattr(sec_obj, f.name)
-            lines.append(f"  {section.name}.{f.name}={value!r}{allowed}")
-            if f.name in docs:
-                lines.append(f"      {docs[f.name]}")
+        _describe(getattr(Config(), section.name), section.name, lines)
     return "\n".join(lines)
+
+
+def _describe(obj: Any, prefix: str, lines: list[str]) -> None:
+    docs = _field_docs(type(obj))
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _describe(value, f"{prefix}.{f.name}", lines)
+            continue
+        hint = hints[f.name]
+        allowed = ""
+        if typing.get_origin(hint) is Literal:
+            allowed = f" {{{'|'.join(map(str, typing.get_args(hint)))}}}"
+        lines.append(f"  {prefix}.{f.name}={value!r}{allowed}")
+        if f.name in docs:
+            lines.append(f"      {docs[f.name]}")
 
 
 def _field_docs(cls: type) -> dict[str, str]:

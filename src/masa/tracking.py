@@ -68,6 +68,10 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log(numeric, step=step)
 
+    def append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Rows for another log of the run folder (e.g. the meta predictions)."""
+        append_jsonl(self.path.parent / name, rows)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import random
@@ -24,23 +23,18 @@ from rich.progress import Progress
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
-from masa.checkpoint import (
-    CHECKPOINTS_DIR,
-    load_trainer_state,
-    resume_point,
-    save_checkpoint,
-    save_model_folder,
-    set_rng_state,
-)
+from masa.checkpoint import CHECKPOINTS_DIR, load_trainer_state, resume_point, rng_state, set_rng_state
 from masa.config import Config, ConfigError, config_from_dict
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
+from masa.distributed import NullWriter, SplitEngine, close_ranks, init_ranks
 from masa.efficient.cutoff import cutoff_limit
 from masa.efficient.gating import GateDecision, PredictiveGate
 from masa.eval.heldout import heldout_accuracy
 from masa.eval.meta_metrics import would_gate
+from masa.learner import Learner, weights_source
 from masa.meta.expert import build_expert_target, select_expert_meta
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
@@ -58,11 +52,10 @@ from masa.tracking import (
     CONFIG_FILE,
     PREDICTIONS_FILE,
     MetricsWriter,
-    append_jsonl,
     format_step_line,
     progress_bar,
 )
-from masa.update import TrainSequence, UpdateSettings, policy_update
+from masa.update import TrainSequence
 from masa.verify import verify_timeouts
 
 RewardFn = Callable[[Problem, list[str], list[Rollout]], Sequence[float]]
@@ -78,7 +71,8 @@ class TrainResult:
 
 
 class Trainer:
-    """Owns the model, optimiser, data position and run folder; ``train_step`` is one step of the algorithm."""
+    """Owns the data position, the algorithm's state and the run folder; ``train_step`` is one step of the
+    algorithm. The learner owns the policy's optimisation (and its sharding under torchrun)."""
 
     def __init__(
         self,
@@ -91,7 +85,9 @@ class Trainer:
     ):
         self.cfg = config
         self.reward_fn = reward_fn
-        self.console = console or Console()
+        self.ranks = init_ranks(config.model.device)
+        # Under torchrun every rank runs this same code; only rank 0 speaks and writes the run folder.
+        self.console = console or Console(quiet=not self.ranks.is_main)
         hf_logging.disable_progress_bar()  # weight-loading bars would drown the per-step lines
         if config.model.threads:
             torch.set_num_threads(config.model.threads)
@@ -105,26 +101,26 @@ class Trainer:
             self.console.print(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
-        model_source = str(resume_from) if resume_from else config.model.name
+        model_source = weights_source(config, resume_from)
         self.console.print(
             f"data: {len(self.train_problems)} training problems ({config.data.train}), "
             f"{len(self.eval_problems)} held-out ({config.data.eval}); loading model {model_source}"
         )
-        self.model, self.tokenizer = load_model(
-            model_source, seed=config.train.seed, notify=self.console.print
+        model, self.tokenizer = load_model(model_source, seed=config.train.seed, notify=self.console.print)
+        self.learner = Learner(
+            model.to(self.device),
+            config,
+            pad_id=self.tokenizer.pad_token_id,
+            autocast_dtype=self.autocast_dtype,
+            ranks=self.ranks,
+            resume_from=resume_from,
         )
-        self.model.to(self.device)
-        if config.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.ref_model = None
-        if config.algo.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-
+        self.ranks.seed_generation(config.train.seed)
         # Built from the weights just loaded (the checkpoint's, on resume), before any optimiser step.
-        self.engine = SyncedEngine(
+        engine = SyncedEngine(
             build_engine(
                 config.rollout,
-                self.model,
+                self.learner.generation_model,
                 self.tokenizer,
                 model_source=model_source,
                 autocast_dtype=self.autocast_dtype,
@@ -132,8 +128,9 @@ class Trainer:
                 threads=config.model.threads,
             ),
             # Tied weights under every name: vLLM's CPU backend keeps its own packed copy of a tied lm_head.
-            functools.partial(self.model.named_parameters, remove_duplicate=False),
+            functools.partial(self.learner.full_weights, remove_duplicate=False),
         )
+        self.engine = SplitEngine(engine, self.ranks) if self.ranks.distributed else engine
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens
         )
@@ -142,35 +139,6 @@ class Trainer:
         )
         self.meta_sampling = SamplingParams(
             meta_temperature, config.rollout.top_p, config.meta.max_new_tokens
-        )
-        a = config.algo
-        self.update_settings = UpdateSettings(
-            clip_low=a.clip_low,
-            clip_high=a.clip_high,
-            kl_coef=a.kl_coef,
-            ppo_epochs=a.ppo_epochs,
-            mini_batches=a.mini_batches,
-            micro_batch_sequences=a.micro_batch_sequences,
-            grad_clip=a.grad_clip,
-            # Gradient checkpointing drops the key/value cache the shared prompt pass hands on.
-            prefix_sharing=a.prefix_sharing and not config.model.gradient_checkpointing,
-            recompute_old_logprobs=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
-            importance_sampling_cap=config.rollout.importance_sampling_cap
-            if _importance_sampling(config)
-            else None,
-            kind_weights={
-                "solution": 1.0,
-                "meta": config.meta.loss_weight,
-                "expert": config.meta.expert_weight,
-            },
-            aggregation=config.meta.loss_aggregation,
-        )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
-        )
-        warmup = a.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
         )
         self.sampler = ProblemSampler(
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
@@ -189,22 +157,17 @@ class Trainer:
         self.sequential_since: int | None = None
         self.shadow_streak = 0
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
-        self.engine.track(self.optimizer)
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
             self._restore(load_trainer_state(resume_from))
             self.console.print(f"[bold]Resumed[/] {self.run_dir} at step {self.step} from {resume_from.name}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.writer = MetricsWriter(
-            self.run_dir,
-            config=config.to_dict(),
-            # Starting again from step 0, the killed attempt's rows are all redone: none are kept.
-            resume_step=(self.step if resume_from else -1) if resume else None,
-            tensorboard=config.train.tensorboard,
-            wandb=config.train.wandb,
-            wandb_project=config.train.wandb_project,
+        # After restoring: loading optimiser state is no optimiser step the engine would have to catch up on.
+        self.engine.track(self.learner.optimizer)
+        # Every rank has looked at the run folder before rank 0 writes to it.
+        self.ranks.barrier()
+        self.writer = (
+            self._open_run_folder(resume, resume_from is not None) if self.ranks.is_main else NullWriter()
         )
         self._stop_requested = False
 
@@ -286,17 +249,8 @@ class Trainer:
             expert, expert_log = self._expert_sequences(problems, metas, stats)
             sequences += expert
         every = self.cfg.train.grad_stats_every
-        update_log = policy_update(
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            sequences,
-            self.update_settings,
-            pad_id=self.tokenizer.pad_token_id,
-            autocast_dtype=self.autocast_dtype,
-            ref_model=self.ref_model,
-            rng=self.update_rng,
-            grad_stats=bool(every) and self.step % every == 0,
+        update_log = self.learner.update(
+            sequences, self.update_rng, grad_stats=bool(every) and self.step % every == 0
         )
         sync_seconds = self.engine.sync()
         finished = time.perf_counter()
@@ -585,7 +539,7 @@ class Trainer:
                     "gated": bool(decision and decision.gated),
                 }
             )
-        append_jsonl(self.run_dir / PREDICTIONS_FILE, rows)
+        self.writer.append(PREDICTIONS_FILE, rows)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, loop
     def evaluate(self, progress: Progress | None = None) -> dict[str, float]:
@@ -620,10 +574,15 @@ class Trainer:
         metrics.update({f"eval/accuracy_level_{k}": v for k, v in result.by_difficulty.items()})
         return metrics
 
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.learner.model
+
     def trainer_state(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the weights (collective under torchrun)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            **self.learner.state_dict(),
+            "rank_rng": self.ranks.gather(rng_state()),
             "sampler": self.sampler.state_dict(),
             "rng_streams": self.streams.state_dict(),
             "elapsed": self.elapsed,
@@ -634,8 +593,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.learner.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
         self.streams.load_state_dict(state["rng_streams"])
         self.elapsed = state["elapsed"]
@@ -644,16 +602,35 @@ class Trainer:
         self.sequential_since = state["sequential_since"]
         self.shadow_streak = state["shadow_streak"]
         self.expert_buffer = state["expert_buffer"]
-        set_rng_state(state["rng"])
+        per_rank = state["rank_rng"]
+        if len(per_rank) == self.ranks.world:
+            set_rng_state(per_rank[self.ranks.rank])
+        else:
+            # Another world size: the data, gate and update streams carry over exactly; sampling cannot.
+            set_rng_state(state["rng"])
+            self.ranks.seed_generation(self.cfg.train.seed + self.step)
 
     def save(self) -> Path:
-        return save_checkpoint(
+        return self.learner.save_checkpoint(
             self.run_dir / CHECKPOINTS_DIR,
             self.step,
-            self.model,
             self.tokenizer,
             self.trainer_state(),
             keep=self.cfg.train.keep_checkpoints,
+        )
+
+    def _open_run_folder(self, resume: bool, resumed: bool) -> MetricsWriter:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        t = self.cfg.train
+        return MetricsWriter(
+            self.run_dir,
+            config=self.cfg.to_dict(),
+            # Starting again from step 0, the killed attempt's rows are all redone: none are kept.
+            resume_step=(self.step if resumed else -1) if resume else None,
+            tensorboard=t.tensorboard,
+            wandb=t.wandb,
+            wandb_project=t.wandb_project,
         )
 
     def fit(self) -> TrainResult:
@@ -676,7 +653,7 @@ class Trainer:
                     self.writer.log(self.step, metrics)
                     progress.console.print(format_step_line(self.step, metrics))
                     progress.update(task, completed=self.step)
-                    if self._stop_requested:
+                    if self.ranks.any(self._stop_requested):
                         interrupted = True
                         break
                     if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
@@ -685,7 +662,7 @@ class Trainer:
             self.console.print(f"checkpoint: {checkpoint}")
             final_dir = None
             if not interrupted:
-                final_dir = save_model_folder(self.run_dir / "final", self.model, self.tokenizer)
+                final_dir = self.learner.save_final(self.run_dir / "final", self.tokenizer)
                 self.console.print(f"[bold green]done[/]: final model in {final_dir}")
             else:
                 self.console.print(
@@ -727,7 +704,11 @@ def train(
 
     ``reward_fn`` replaces answer checking for tasks with their own verifier.
     """
-    return Trainer(config, run_dir=run_dir, resume=resume, reward_fn=reward_fn).fit()
+    trainer = Trainer(config, run_dir=run_dir, resume=resume, reward_fn=reward_fn)
+    try:
+        return trainer.fit()
+    finally:
+        close_ranks(trainer.ranks)
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -744,12 +725,6 @@ def load_run_config(run_dir: Path) -> Config:
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-def _importance_sampling(config: Config) -> bool:
-    """On by default when the sampler is not the policy module itself."""
-    r = config.rollout
-    return r.engine != "hf" if r.importance_sampling is None else r.importance_sampling
 
 
 def _mean(values: list[float]) -> float:

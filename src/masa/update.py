@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.models import autocast_context
 
 KINDS = ("solution", "meta", "expert")
@@ -342,32 +343,52 @@ class _GradientsByKind:
     """Gradient norm of each kind's weighted loss and their cosines, from micro-batches run kind by kind.
 
     After each kind the accumulated gradient is compared with the snapshot taken before it; the difference
-    is that kind's gradient. Costs two copies of the gradients, so it runs only on sampled steps.
+    is that kind's gradient. Costs two copies of the gradients, so it runs only on sampled steps. Under
+    FSDP each rank holds a shard of every gradient; the dot products are summed over the ranks.
     """
 
-    def __init__(self, model: PreTrainedModel):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.before = [torch.zeros_like(p) for p in self.params]
+    def __init__(self, model: PreTrainedModel, ranks: Ranks):
+        self.model = model
+        self.ranks = ranks
+        self.before: list[torch.Tensor] | None = None
         self.grads: dict[str, list[torch.Tensor]] = {}
 
     def close_kind(self, kind: str) -> None:
-        now = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        self.grads[kind] = [n - b for n, b in zip(now, self.before, strict=True)]
+        # The parameters are looked up now, after the backward pass: FSDP2 registers unsharded stand-ins
+        # while a module is gathered (the root can stay gathered after a no-grad forward), and only the
+        # sharded parameters hold the reduced gradients.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        now = [
+            _local(p.grad.detach()).clone() if p.grad is not None else torch.zeros_like(_local(p.detach()))
+            for p in params
+        ]
+        before = self.before or [torch.zeros_like(n) for n in now]
+        self.grads[kind] = [n - b for n, b in zip(now, before, strict=True)]
         self.before = now
 
     def metrics(self) -> dict[str, float]:
-        def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        def local_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
             return math.fsum(float((x.double() * y.double()).sum()) for x, y in zip(a, b, strict=True))
 
-        norms = {k: math.sqrt(dot(g, g)) for k, g in self.grads.items()}
-        out = {f"grad/norm_{k}": v for k, v in norms.items()}
         kinds = list(self.grads)
+        pairs = [(a, b) for i, a in enumerate(kinds) for b in kinds[i:]]
+        dots = dict(
+            zip(
+                pairs,
+                self.ranks.sum([local_dot(self.grads[a], self.grads[b]) for a, b in pairs]),
+                strict=True,
+            )
+        )
+
+        def dot(a: str, b: str) -> float:
+            return dots[(a, b)]
+
+        norms = {k: math.sqrt(max(dot(k, k), 0.0)) for k in kinds}
+        out = {f"grad/norm_{k}": v for k, v in norms.items()}
         for a_index, a in enumerate(kinds):
             for b in kinds[a_index + 1 :]:
                 denominator = norms[a] * norms[b]
-                out[f"grad/cos_{a}_{b}"] = (
-                    dot(self.grads[a], self.grads[b]) / denominator if denominator else math.nan
-                )
+                out[f"grad/cos_{a}_{b}"] = dot(a, b) / denominator if denominator else math.nan
         return out
 
 
@@ -413,6 +434,7 @@ def policy_update(
     ref_model: PreTrainedModel | None = None,
     rng: random.Random | None = None,
     grad_stats: bool = False,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """Optimise the policy on one batch of rollouts (and expert targets); returns averaged statistics.
 
@@ -423,6 +445,11 @@ def policy_update(
     gap between them is reported and, with ``settings.importance_sampling_cap``, corrected for.
     ``grad_stats`` adds each kind's gradient norm and the cosines between kinds, measured on the first
     optimiser step.
+
+    With several ranks, ``sequences`` is the whole step's batch on every rank: mini-batches and their
+    per-kind token counts come from it identically everywhere, each rank runs its share of every
+    mini-batch, and each row's loss scale is multiplied by the world size, because FSDP averages the
+    ranks' gradients. The result is the single-process update (up to the order of floating-point sums).
     """
     device = next(model.parameters()).device
     rng = rng or random.Random(0)
@@ -430,6 +457,7 @@ def policy_update(
     order = list(range(count)) if settings.mini_batches == 1 else rng.sample(range(count), count)
     with_kl = ref_model is not None and settings.kl_coef > 0
     plans: list[tuple[dict[int, float], list[tuple[int, ...]]]] = []
+    standins: set[tuple[int, ...]] = set()
     token_totals = torch.zeros(len(KINDS), dtype=torch.float64)
     for part in range(settings.mini_batches):
         mini = order[part :: settings.mini_batches]
@@ -437,7 +465,10 @@ def policy_update(
             continue
         counts = kind_token_counts(sequences, mini)
         token_totals += counts
-        scales = row_scales(sequences, mini, counts, settings)
+        # The counts are global already (every rank holds the whole batch); FSDP's average over ranks is undone.
+        scales = {
+            i: scale * ranks.world for i, scale in row_scales(sequences, mini, counts, settings).items()
+        }
         # A zero-advantage (or zero-weight) sequence adds exactly zero gradient, so without a KL term it
         # is not run at all; its tokens stay in the normaliser, so the token-mean gradient is unchanged.
         active = [
@@ -448,11 +479,12 @@ def policy_update(
         # Micro-batches hold one kind each: similar prompts pad less, and per-kind gradients can be read.
         # With prefix sharing, a prompt's completions sit together so that they share one prompt pass.
         active.sort(key=lambda i: (KINDS.index(sequences[i].kind), *_length_order(sequences[i], settings)))
-        step = settings.micro_batch_sequences
         micro: list[tuple[int, ...]] = []
         for kind in KINDS:
             rows = [i for i in active if sequences[i].kind == kind]
-            micro += [tuple(rows[j : j + step]) for j in range(0, len(rows), step)]
+            kind_micro, kind_standins = _rank_micro_batches(rows, settings.micro_batch_sequences, ranks)
+            micro += kind_micro
+            standins.update(kind_standins)
         plans.append((scales, micro))
     packed = {
         key: pack([sequences[i] for i in key], pad_id, device, share_prompts=settings.prefix_sharing)
@@ -460,7 +492,9 @@ def policy_update(
         for key in micro
     }
     weights = {
-        key: torch.tensor([scales[i] for i in key], dtype=torch.float32, device=device)
+        key: torch.tensor(
+            [0.0 if key in standins else scales[i] for i in key], dtype=torch.float32, device=device
+        )
         for scales, micro in plans
         for key in micro
     }
@@ -488,7 +522,7 @@ def policy_update(
     grad_norms: list[float] = []
     rl_micro_steps = 0
     skipped = 0
-    by_kind = _GradientsByKind(model) if grad_stats else None
+    by_kind = _GradientsByKind(model, ranks) if grad_stats else None
     grad_log: dict[str, float] = {}
     model.train()
     for _ in range(settings.ppo_epochs):
@@ -518,9 +552,10 @@ def policy_update(
                         kl_coef=settings.kl_coef,
                         is_weights=is_weights.get(key),
                     )
-                    for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
-                        totals[name] += getattr(stats, name)
-                    rl_micro_steps += 1
+                    if key not in standins:
+                        for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
+                            totals[name] += getattr(stats, name)
+                        rl_micro_steps += 1
                 else:
                     with autocast_context(device.type, autocast_dtype):
                         logprobs = token_logprobs(model, batch)
@@ -535,10 +570,20 @@ def policy_update(
             if by_kind is not None:
                 grad_log = by_kind.metrics()
                 by_kind = None
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)))
+            grad_norms.append(_clip_gradients(model, settings.grad_clip))
             optimizer.step()
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    # Every rank saw its share: sum over ranks (losses were scaled up by the world size, see above).
+    trained = sum(len(key) for _, micro in plans for key in micro if key not in standins)
+    names = [*totals, *(f"loss_{k}" for k in KINDS), "rl_micro_steps", "trained"]
+    summed = dict(
+        zip(names, ranks.sum([*totals.values(), *kind_losses.values(), rl_micro_steps, trained]), strict=True)
+    )
+    totals = {k: summed[k] for k in totals}
+    kind_losses = {k: summed[f"loss_{k}"] / ranks.world for k in KINDS}
+    totals["loss"] /= ranks.world
+    rl_micro_steps = summed["rl_micro_steps"]
     metrics = {f"update/{k}": v / max(rl_micro_steps, 1) for k, v in totals.items() if k != "loss"}
     passes = max(settings.ppo_epochs * len(plans), 1)
     metrics["update/loss"] = totals["loss"] / passes
@@ -548,8 +593,38 @@ def policy_update(
             metrics[f"update/tokens_{kind}"] = float(token_totals[KINDS.index(kind)])
     metrics["update/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["update/skipped_minibatches"] = skipped
-    metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
+    metrics["update/trained_sequences"] = summed["trained"]
     metrics["update/lr"] = scheduler.get_last_lr()[0]
     metrics.update(off_policy)
     metrics.update(grad_log)
     return metrics
+
+
+def _rank_micro_batches(
+    rows: list[int], step: int, ranks: Ranks
+) -> tuple[list[tuple[int, ...]], set[tuple[int, ...]]]:
+    """This rank's micro-batches of one kind's rows (sorted by length), as many on every rank.
+
+    The rows are dealt out to the ranks in turn, so shares differ by at most one row and near-equal in
+    tokens. A rank with a micro-batch fewer repeats the first row at zero weight (a stand-in, also
+    returned), because under FSDP every rank must run the same forward and backward passes: each one
+    all-gathers parameters. Rank 0 never needs one, so a stand-in never repeats a key of its own rank.
+    """
+    if not rows:
+        return [], set()
+    mine = rows[ranks.rank :: ranks.world]
+    micro = [tuple(mine[j : j + step]) for j in range(0, len(mine), step)]
+    wanted = math.ceil(math.ceil(len(rows) / ranks.world) / step)
+    standins = [(rows[0],)] * (wanted - len(micro))
+    return micro + standins, set(standins)
+
+
+def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    # Under FSDP2 the norm is a DTensor over the ranks' shards.
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter or gradient; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

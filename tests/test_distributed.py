@@ -1,0 +1,286 @@
+"""Several processes (gloo on CPU) give the one-process result: the update, the decisions, the checkpoints."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from masa.config import load_config
+from masa.distributed import Ranks
+from masa.learner import Learner
+from masa.models import load_model
+from masa.update import TrainSequence
+
+WORLD = 2
+
+
+def _spawn(worker, tmp_path, *args):
+    mp.spawn(worker, args=(tmp_path, *args), nprocs=WORLD, join=True)
+
+
+def _join(rank: int, tmp_path) -> Ranks:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=rank, world_size=WORLD)
+    return Ranks(rank=rank, world=WORLD)
+
+
+def _sequences(vocab: int) -> list[TrainSequence]:
+    """Lengths chosen so the ranks' shares differ in sequences and tokens (rank 0: 3 long, rank 1: 2)."""
+    rng = random.Random(1)
+    shapes = [(3, 2, 1.0), (5, 9, -0.5), (2, 17, 0.7), (4, 5, -1.2), (6, 30, 0.3), (3, 4, 0.0)]
+    return [
+        TrainSequence(
+            [rng.randrange(vocab) for _ in range(p)], [rng.randrange(vocab) for _ in range(c)], a, kind=k
+        )
+        for (p, c, a), k in zip(shapes, ["solution", "meta"] * 3, strict=True)
+    ]
+
+
+def _learner(ranks: Ranks, *overrides):
+    torch.manual_seed(0)  # LoRA initialises its adapters from torch's generator, as the trainer seeds it
+    model, tokenizer = load_model("tiny-random", seed=0)
+    cfg = load_config("tiny", overrides=["algo.lr=2e-4", "algo.warmup_steps=0", *overrides])
+    learner = Learner(model, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=None, ranks=ranks)
+    return learner, len(tokenizer)
+
+
+def _full_params(learner) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in learner.full_weights()}
+
+
+UPDATE_CASES = {
+    "micro-batches": ["algo.micro_batch_sequences=2"],
+    "mini-batches and epochs": ["algo.mini_batches=2", "algo.ppo_epochs=2", "algo.micro_batch_sequences=1"],
+    "kl and lora": ["algo.kl_coef=0.1", "model.lora.rank=4", "algo.micro_batch_sequences=2"],
+}
+
+
+def _update_worker(rank, tmp_path):
+    ranks = _join(rank, tmp_path)
+    results = {}
+    for case, overrides in UPDATE_CASES.items():
+        learner, vocab = _learner(ranks, *overrides)
+        assert type(learner.model).__name__.startswith("FSDP")
+        log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
+        params = _full_params(learner)
+        replica = dict(learner.generation_model.named_parameters())
+        assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
+        results[case] = {"params": params, "log": log}
+    if ranks.is_main:
+        torch.save(results, tmp_path / "two.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_update_like_one(tmp_path):
+    """Rank 0 trains 3 sequences, rank 1 two shorter ones (plus a zero-weight stand-in)."""
+    _spawn(_update_worker, tmp_path)
+    two = torch.load(tmp_path / "two.pt")
+    for case, overrides in UPDATE_CASES.items():
+        learner, vocab = _learner(Ranks(), *overrides)
+        before = _full_params(learner)
+        one_log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
+        one = _full_params(learner)
+        assert one.keys() == two[case]["params"].keys()
+        moved = max(float((one[k] - before[k]).abs().max()) for k in one)
+        assert moved > 1e-4, case  # the update did something worth comparing
+        for name in one:
+            torch.testing.assert_close(two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
+        compared = ("update/loss", "update/loss_meta", "update/grad_norm", "update/trained_sequences")
+        for key in (*compared, "update/ref_kl", "grad/norm_solution", "grad/cos_solution_meta"):
+            assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
+
+
+def test_rank_shares_are_whole_contiguous_and_cover_everything():
+    for count in range(7):
+        shares = [Ranks(rank=r, world=3).share(count) for r in range(3)]
+        items = [i for s in shares for i in range(count)[s]]
+        assert items == list(range(count))
+        assert max(len(range(count)[s]) for s in shares) - min(len(range(count)[s]) for s in shares) <= 1
+
+
+# ---------------------------------------------------------------- whole training runs, scripted rollouts
+def _solution(problem, j):
+    right, wrong = f"The answer is \\boxed{{{problem.answer}}}", "I guess \\boxed{-1}"
+    if problem.difficulty == 1:
+        return right
+    if problem.difficulty == 5:
+        return wrong
+    return right if j % 2 == 0 else wrong
+
+
+def _meta(problem, j):
+    from masa.meta.prompt import render_meta_json
+
+    passes = {1: 8, 5: 0}.get(problem.difficulty, [1, 4, 7][j % 3])
+    return "<meta>thinking</meta>" + render_meta_json(["answer"], passes, 12)
+
+
+def _run_config(tmp_path, algo):
+    return load_config(
+        "tiny",
+        overrides=[
+            f"train.output_dir={tmp_path}",
+            "data.eval=null",
+            f"algo={algo}",
+            "data.arithmetic_levels=[1,3,5]",
+            "train.steps=3",
+            "train.batch_problems=5",
+            "rollout.n=4",
+            "meta.n=3",
+            "rollout.max_new_tokens=24",
+            "meta.max_new_tokens=48",
+            "algo.micro_batch_sequences=8",
+            "efficient.warmup_steps=1",
+            "efficient.audit_fraction=0.5",
+            "efficient.cutoff_min_tokens=4",
+        ],
+    )
+
+
+def _scripted_trainer(cfg, run_dir):
+    from scripted_engine import ScriptedEngine
+
+    from masa.distributed import SplitEngine
+    from masa.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir=run_dir)
+    scripted = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _meta)
+    # Behind the trainer's version check (and, with several ranks, its split of the prompts).
+    synced = trainer.engine.engine if isinstance(trainer.engine, SplitEngine) else trainer.engine
+    synced.engine = scripted
+    return trainer, scripted
+
+
+def _train_worker(rank, tmp_path, algo):
+    _join(rank, tmp_path)
+    trainer, scripted = _scripted_trainer(_run_config(tmp_path, algo), tmp_path / "two")
+    trainer.fit()
+    (tmp_path / f"generated-{rank}.json").write_text(json.dumps(_generated(scripted)))
+    dist.destroy_process_group()
+
+
+def _generated(scripted) -> dict[str, list[str]]:
+    """The problems an engine generated solutions and metas for, in order."""
+    return {
+        "solution": [p.id for call in scripted.solution_calls for p in call],
+        "meta": [p.id for call in scripted.meta_calls for p in call],
+    }
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "masa-efficient"])
+def test_two_process_run_decides_like_one(tmp_path, algo):
+    one, scripted = _scripted_trainer(_run_config(tmp_path, algo), tmp_path / "one")
+    one.fit()
+    _spawn(_train_worker, tmp_path, algo)
+
+    # Ranks generate disjoint problems that together are exactly the one-process run's.
+    ranks = [json.loads((tmp_path / f"generated-{r}.json").read_text()) for r in range(WORLD)]
+    for kind, ids in _generated(scripted).items():
+        assert not set(ranks[0][kind]) & set(ranks[1][kind])
+        assert sorted(ranks[0][kind] + ranks[1][kind]) == sorted(ids)
+        assert len(ids) == len(set(ids))  # no problem seen twice, so disjointness means something
+
+    one_rows, two_rows = _rows(tmp_path / "one" / "metrics.jsonl"), _rows(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in two_rows] == [1, 2, 3]  # written once, by rank 0
+    decided = [k for k in one_rows[-1] if k.startswith(("gate/", "cutoff/", "stage/", "reward/", "tokens/"))]
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert {k: a.get(k) for k in decided} == {k: b.get(k) for k in decided}
+        assert b["update/trained_sequences"] == a["update/trained_sequences"]
+    if algo == "masa-efficient":
+        assert two_rows[-1]["stage/sequential"] == 1.0 and two_rows[-1]["gate/gated"] > 0
+        predictions = "meta_predictions.jsonl"
+        assert _rows(tmp_path / "two" / predictions) == _rows(tmp_path / "one" / predictions)
+
+    one_final, two_final = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    for name, tensor in one_final.items():
+        torch.testing.assert_close(two_final[name], tensor, atol=1e-4, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- torchrun: the real command line
+TORCHRUN_SETTINGS = [
+    "--preset",
+    "tiny",
+    "data.eval=null",
+    "train.steps=3",
+    "train.save_every=2",
+    "train.batch_problems=3",
+    "model.threads=1",
+]
+
+
+def _torchrun(tmp_path, run, *args, env=None):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}"]
+    if "--resume" not in args:
+        args = (*TORCHRUN_SETTINGS, f"train.output_dir={tmp_path}", f"train.run_name={run}", *args)
+    return subprocess.run(
+        [*command, str(Path(__file__).parent / "torchrun_train.py"), "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """An uninterrupted 2-process GRPO run of 3 steps (checkpoint at step 2), through masa's CLI."""
+    tmp_path = tmp_path_factory.mktemp("torchrun")
+    done = _torchrun(tmp_path, "whole")
+    assert done.returncode == 0, done.stderr[-3000:]
+    start, _ = load_model("tiny-random", seed=0)
+    final = _final_weights(tmp_path / "whole")
+    assert not torch.equal(final["model.norm.weight"], start.model.norm.weight.detach())  # it trained
+    return tmp_path / "whole"
+
+
+def test_torchrun_rank_death_then_resume_reaches_the_same_weights(torchrun_run, tmp_path):
+    died = _torchrun(tmp_path, "crash", env={"MASA_TEST_DIE": "1:3"})
+    assert died.returncode != 0
+    assert (
+        "ChildFailedError" in died.stderr and "exitcode  : 17" in died.stderr
+    )  # torchrun names the dead rank
+    run = tmp_path / "crash"
+    assert (run / "checkpoints" / "step-2").is_dir() and not (run / "final").exists()
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2]
+
+    resumed = _torchrun(tmp_path, "crash", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
+    whole, again = _final_weights(torchrun_run), _final_weights(run)
+    for name, tensor in whole.items():
+        assert torch.equal(again[name], tensor), name
+
+
+def test_full_state_checkpoint_of_two_processes_resumes_in_one(torchrun_run, tmp_path):
+    import shutil
+
+    from masa.trainer import Trainer, load_run_config
+
+    run = tmp_path / "copy"
+    shutil.copytree(torchrun_run, run)
+    shutil.rmtree(run / "checkpoints" / "step-3")
+    shutil.rmtree(run / "final")
+    trainer = Trainer(load_run_config(run), run_dir=run, resume=True)
+    assert trainer.step == 2 and not trainer.ranks.distributed
+    state = trainer.learner.optimizer.state_dict()["state"]
+    assert state and all(float(s["step"]) == 2 for s in state.values())  # AdamW moments carried over
+    assert trainer.fit().steps_completed == 3
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
