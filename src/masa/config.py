@@ -106,8 +106,17 @@ class MetaConfig:
     """Lower end of the solution_length range the prompt states (upper end: rollout.max_new_tokens)."""
     notion_word: str = "math_notion"
     """JSON key for the predicted concepts; other domains can rename it."""
+    pass_rate_reward: Literal["exp", "brier", "log"] = "exp"
+    """exp: the paper's b ** |p - p_hat| (not a proper scoring rule; its optimum is the commonest outcome).
+    brier: 1 - (p - p_hat)^2. log: mean log-likelihood of the outcomes. Both are maximised by the true rate."""
     reward_base: float = 0.01
-    """Pass-rate reward base b in b ** |p - p_hat|."""
+    """Pass-rate reward base b in b ** |p - p_hat| (pass_rate_reward=exp)."""
+    scale_advantages: bool = True
+    """Divide meta advantages by the group std; false: mean-centred only, so a group differing only in a
+    small pass-rate term gets a small advantage rather than a full +-1."""
+    field_credit: bool = False
+    """Give each reward component's advantage to the tokens of its own JSON field (the rest of the output
+    gets the combined advantage)."""
     weight_length: float = 1.0
     weight_pass_rate: float = 1.0
     weight_notion: float = 1.0
@@ -136,12 +145,18 @@ class MetaConfig:
 class EfficientConfig:
     """MASA-efficient: the sequential stage with predictive gating and early cutoff."""
 
-    switch: Literal["steps", "precision"] = "steps"
-    """Enter the sequential stage after warmup_steps, or once shadow gating precision holds up."""
+    switch: Literal["steps", "precision", "calibration"] = "calibration"
+    """When the sequential stage starts. steps: after warmup_steps (the paper). precision: once the shadow
+    gate's zero-variance precision reaches switch_precision for switch_patience steps. calibration: once,
+    over the last switch_window steps, the shadow gate's direction-aware precision reaches switch_precision
+    and the Pearson correlation of predicted with actual pass rates reaches switch_pearson."""
     warmup_steps: int = 10
     switch_precision: float = 0.8
     switch_patience: int = 3
     """Consecutive steps the shadow precision must reach switch_precision (switch=precision)."""
+    switch_window: int = 5
+    """Steps the calibration switch looks back over."""
+    switch_pearson: float = 0.5
     gate_sigma: float = 0.1
     gate_tolerance: float = 0.0625
     """Gate when the mean predicted pass rate is within this of 0 or 1."""
@@ -153,6 +168,8 @@ class EfficientConfig:
     cutoff_factor: float = 2.0
     cutoff_min_tokens: int = 16
     cutoff_aggregate: Literal["median", "mean", "max"] = "median"
+    grade_cutoff: bool = True
+    """Grade a rollout stopped at its cutoff when it already holds a closed \\boxed{} (false: 0, the paper)."""
     notion_hints: bool = False
     """Append the predicted concepts to the solution prompt in the sequential stage."""
 
@@ -390,6 +407,8 @@ def _check_values(cfg: Config) -> None:
     _require(e.warmup_steps >= 0, "efficient.warmup_steps", ">= 0", e.warmup_steps)
     _require(0 < e.switch_precision <= 1, "efficient.switch_precision", "in (0, 1]", e.switch_precision)
     _require(e.switch_patience >= 1, "efficient.switch_patience", ">= 1", e.switch_patience)
+    _require(e.switch_window >= 1, "efficient.switch_window", ">= 1", e.switch_window)
+    _require(-1 <= e.switch_pearson <= 1, "efficient.switch_pearson", "in [-1, 1]", e.switch_pearson)
     _require(e.gate_sigma > 0, "efficient.gate_sigma", "> 0", e.gate_sigma)
     _require(0 <= e.gate_tolerance < 0.5, "efficient.gate_tolerance", "in [0, 0.5)", e.gate_tolerance)
     _require(e.gate_min_parsed >= 1, "efficient.gate_min_parsed", ">= 1", e.gate_min_parsed)

@@ -29,9 +29,11 @@ from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
 from masa.efficient.cutoff import cutoff_limit
-from masa.efficient.gating import GateDecision, PredictiveGate
+from masa.efficient.gating import GATING_REASONS, GateDecision, PredictiveGate, gate_reason
+from masa.efficient.switch import CalibrationSwitch
 from masa.eval.heldout import heldout_accuracy
-from masa.eval.meta_metrics import would_gate
+from masa.eval.meta_metrics import gate_side_matches
+from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, select_expert_meta
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
@@ -157,6 +159,7 @@ class Trainer:
         )
         self.sequential_since: int | None = None
         self.shadow_streak = 0
+        self.calibration = CalibrationSwitch(e.switch_window, e.switch_precision, e.switch_pearson)
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
         self.step = 0
         self.elapsed = 0.0
@@ -221,17 +224,17 @@ class Trainer:
 
         eps, scale = self.cfg.algo.adv_eps, self.cfg.algo.scale_advantages
         solution_adv = group_advantages(rewards, eps=eps, scale=scale)
-        meta_adv = group_advantages(
-            [[s.combined for s in group] for group in meta_scores], eps=eps, scale=scale
-        )
+        meta_adv = self._meta_advantages(metas, meta_scores)
         sequences = [
             TrainSequence(r.prompt_ids, r.completion_ids, a)
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
-            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta")
-            for group, advantages in zip(metas, meta_adv.advantages, strict=False)
-            for m, a in zip(group, advantages, strict=True)
+            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta", token_advantages=t)
+            for group, advantages, per_token in zip(
+                metas, meta_adv.advantages, meta_adv.token_advantages, strict=False
+            )
+            for m, a, t in zip(group, advantages, per_token, strict=True)
         ]
         expert_log: dict[str, float] = {}
         if masa and self.cfg.meta.expert_sft:
@@ -253,11 +256,11 @@ class Trainer:
         finished = time.perf_counter()
 
         if sequential:
-            for decision, group_is_flat in zip(decisions, solution_adv.zero_variance, strict=True):
-                self.gate.record_outcome(decision, group_is_flat)
+            for decision, group_is_flat, st in zip(decisions, solution_adv.zero_variance, stats, strict=True):
+                self.gate.record_outcome(decision, group_is_flat, st.pass_rate)
             gate_log.update(self._gate_metrics())
-        elif masa and self.cfg.algo.name == "masa-efficient":
-            gate_log.update(self._shadow_gate(metas, solution_adv.zero_variance))
+        elif masa:
+            gate_log.update(self._shadow_gate(metas, solution_adv.zero_variance, stats))
         self._log_predictions(problems, metas, stats, decisions, sequential)
 
         rollouts = [r for g in groups for r in g]
@@ -289,6 +292,9 @@ class Trainer:
             log.update(meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale))
             log["meta/token_share"] = meta_tokens / max(solution_tokens + meta_tokens, 1)
             log["groups/meta_zero_variance_fraction"] = _mean([float(z) for z in meta_adv.zero_variance])
+            log["groups/meta_pass_constant_fraction"] = _mean(
+                [float(z) for z in meta_adv.pass_component_constant]
+            )
         if limits is not None:
             cut = [r for r in rollouts if r.finish_reason is FinishReason.CUTOFF]
             log["cutoff/cut_fraction"] = len(cut) / max(len(rollouts), 1)
@@ -330,6 +336,7 @@ class Trainer:
             problem.answer,
             fallback=self.cfg.data.answer_fallback,
             timeout_s=self.cfg.data.verify_timeout_s,
+            grade_cutoff=self.cfg.efficient.grade_cutoff,
         )
 
     def _meta_rollouts(self, problems: list[Problem]) -> list[list[MetaRollout]]:
@@ -358,9 +365,28 @@ class Trainer:
                 scale=mc.pass_rate_scale,
                 base=mc.reward_base,
                 weights=self.meta_weights,
+                pass_rate_kind=mc.pass_rate_reward,
             )
             for m in metas
         ]
+
+    def _meta_advantages(self, metas: list[list[MetaRollout]], scores: list[list]) -> MetaAdvantages:
+        mc = self.cfg.meta
+
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)  # as MetaRollout.text is decoded
+
+        return meta_advantages(
+            scores,
+            weights=self.meta_weights,
+            eps=self.cfg.algo.adv_eps,
+            scale=mc.scale_advantages,
+            field_credit=mc.field_credit,
+            texts=[[m.text for m in group] for group in metas],
+            char_ends=[[token_char_ends(m.rollout.completion_ids, decode) for m in group] for group in metas]
+            if mc.field_credit
+            else [],
+        )
 
     def _predict_and_gate(
         self, problems: list[Problem]
@@ -429,6 +455,7 @@ class Trainer:
         if self.sequential_since is None and (
             (e.switch == "steps" and self.step >= e.warmup_steps)
             or (e.switch == "precision" and self.shadow_streak >= e.switch_patience)
+            or (e.switch == "calibration" and self.calibration.ready())
         ):
             self.sequential_since = self.step
             self.console.print(
@@ -436,21 +463,38 @@ class Trainer:
             )
         return self.sequential_since is not None
 
-    def _shadow_gate(self, metas: list[list[MetaRollout]], zero_variance: list[bool]) -> dict[str, float]:
-        """In the parallel stage, what the gate would have decided, scored against the real outcomes."""
+    def _shadow_gate(
+        self, metas: list[list[MetaRollout]], zero_variance: list[bool], stats: list[SolutionStats]
+    ) -> dict[str, float]:
+        """In the parallel stage, what the gate would have decided, scored against the real outcomes.
+
+        Zero-variance precision counts any gate of a flat group; the direction-aware one also needs the
+        predicted side (unsolvable / trivial) to be the outcome's (all wrong / all right).
+        """
         e = self.cfg.efficient
-        would = [
-            would_gate([self._fraction(m) for m in group], e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)
-            for group in metas
-        ]
+        fractions = [[f for m in group if (f := self._fraction(m)) is not None] for group in metas]
+        reasons = [gate_reason(f, e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)[0] for f in fractions]
+        would = [r in GATING_REASONS for r in reasons]
+        actual = [st.pass_rate for st in stats]
         hits = sum(w and z for w, z in zip(would, zero_variance, strict=True))
+        right_side = sum(
+            w and z and gate_side_matches(r, a)
+            for w, z, r, a in zip(would, zero_variance, reasons, actual, strict=True)
+        )
         precision = hits / sum(would) if any(would) else math.nan
         self.shadow_streak = self.shadow_streak + 1 if precision >= e.switch_precision else 0
-        return {
+        log = {
             "gate/shadow_gated_fraction": sum(would) / max(len(would), 1),
             "gate/shadow_precision": precision,
             "gate/shadow_recall": hits / sum(zero_variance) if any(zero_variance) else math.nan,
+            "gate/shadow_precision_direction": right_side / sum(would) if any(would) else math.nan,
+            "gate/shadow_recall_direction": right_side / sum(zero_variance)
+            if any(zero_variance)
+            else math.nan,
         }
+        predicted = [sum(f) / len(f) if f else None for f in fractions]
+        log.update(self.calibration.observe(predicted, actual, reasons))
+        return log
 
     def _gate_metrics(self) -> dict[str, float]:
         window = self.gate.metrics()
@@ -462,6 +506,11 @@ class Trainer:
             "gate/precision_cumulative": total["precision"],
             "gate/recall_cumulative": total["recall"],
             "gate/f1_cumulative": total["f1"],
+            "gate/precision_direction": window["precision_direction"],
+            "gate/recall_direction": window["recall_direction"],
+            "gate/precision_direction_cumulative": total["precision_direction"],
+            "gate/recall_direction_cumulative": total["recall_direction"],
+            "gate/f1_direction_cumulative": total["f1_direction"],
         }
 
     def _expert_sequences(
@@ -571,6 +620,7 @@ class Trainer:
             "gate": self.gate.state_dict(),
             "sequential_since": self.sequential_since,
             "shadow_streak": self.shadow_streak,
+            "calibration_switch": self.calibration.state_dict(),
             "expert_buffer": self.expert_buffer,
         }
 
@@ -584,6 +634,7 @@ class Trainer:
         self.gate.load_state_dict(state["gate"])
         self.sequential_since = state["sequential_since"]
         self.shadow_streak = state["shadow_streak"]
+        self.calibration.load_state_dict(state["calibration_switch"])
         self.expert_buffer = state["expert_buffer"]
         set_rng_state(state["rng"])
 
