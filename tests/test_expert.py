@@ -113,3 +113,17 @@ def test_target_always_parses_to_the_true_statistics(rollouts, scale, min_length
     low = min_length if min_length <= max_tokens else 1
     assert pred.solution_length == min(max(median, low), max_tokens)
     assert pred.notions == ["n"]
+
+
+def test_fallback_keeps_the_best_sampled_notions_instead_of_an_empty_list():
+    from masa.meta.expert import fallback_notions
+
+    preds = [
+        MetaPrediction(notions=[]),
+        MetaPrediction(notions=["carry"]),
+        NONE,
+        MetaPrediction(notions=["sum"]),
+    ]
+    assert fallback_notions(preds, [0.0, 0.1, 0.0, 0.1]) == ["carry"]  # tie: the earliest
+    assert fallback_notions(preds, [0.0, 0.0, 0.0, 0.15]) == ["sum"]
+    assert fallback_notions([NONE, MetaPrediction(notions=[])], [0.0, 0.0]) == []

@@ -108,7 +108,8 @@ def test_masa_step_trains_solutions_and_metas_in_separate_groups(tmp_path, monke
 
 def test_meta_advantages_are_the_group_normalised_meta_rewards(tmp_path, monkeypatch):
     seen = _record_updates(monkeypatch)
-    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]")
+    # The paper's formulation: exp pass-rate reward, std-scaled meta advantages.
+    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]", "meta.preset=paper")
     trainer.train_step()
     metas = [s for s in seen[0] if s.kind == "meta"]
     # Level 4: 2 of 4 solutions right (p = 0.5) and lengths equal; predictions 1/8, 4/8, 7/8 of the way,

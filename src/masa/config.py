@@ -97,6 +97,10 @@ class AlgoConfig:
 class MetaConfig:
     """MASA's meta-prediction path (used by algo.name=masa and masa-efficient)."""
 
+    preset: Literal["default", "paper"] = "default"
+    """paper: the paper's formulation (PAPER_FORMULATION: one token-mean over both kinds, the exp pass-rate
+    reward with std-scaled advantages, cut rollouts scored 0, a step-count stage switch); keys set
+    explicitly still win."""
     n: int = 8
     """Meta rollouts per problem (M)."""
     max_new_tokens: int = 96
@@ -106,12 +110,12 @@ class MetaConfig:
     """Lower end of the solution_length range the prompt states (upper end: rollout.max_new_tokens)."""
     notion_word: str = "math_notion"
     """JSON key for the predicted concepts; other domains can rename it."""
-    pass_rate_reward: Literal["exp", "brier", "log"] = "exp"
+    pass_rate_reward: Literal["exp", "brier", "log"] = "brier"
     """exp: the paper's b ** |p - p_hat| (not a proper scoring rule; its optimum is the commonest outcome).
     brier: 1 - (p - p_hat)^2. log: mean log-likelihood of the outcomes. Both are maximised by the true rate."""
     reward_base: float = 0.01
     """Pass-rate reward base b in b ** |p - p_hat| (pass_rate_reward=exp)."""
-    scale_advantages: bool = True
+    scale_advantages: bool = False
     """Divide meta advantages by the group std; false: mean-centred only, so a group differing only in a
     small pass-rate term gets a small advantage rather than a full +-1."""
     field_credit: bool = False
@@ -120,7 +124,7 @@ class MetaConfig:
     weight_length: float = 1.0
     weight_pass_rate: float = 1.0
     weight_notion: float = 1.0
-    loss_weight: float = 1.0
+    loss_weight: float = 0.2
     """w in L = L_solution + w * L_meta (each the token-mean of its own kind; 0: no meta gradient)."""
     loss_aggregation: Literal["per_kind", "joint"] = "per_kind"
     """per_kind: the budget above. joint: one token-mean over solution and meta tokens together (the paper's
@@ -213,6 +217,18 @@ class Config:
 
 PRESETS = ("smollm2-arith", "tiny")
 
+PAPER_FORMULATION: dict[str, dict[str, Any]] = {
+    "meta": {
+        "loss_aggregation": "joint",
+        "loss_weight": 1.0,
+        "pass_rate_reward": "exp",
+        "scale_advantages": True,
+        "field_credit": False,
+    },
+    "efficient": {"switch": "steps", "grade_cutoff": False},
+}
+"""What ``meta.preset=paper`` sets: the paper's choices where masa's defaults differ (docs/decisions.md)."""
+
 
 def load_config(
     preset: str = "smollm2-arith", file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
@@ -262,6 +278,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    meta = data.get("meta")
+    if isinstance(meta, dict) and meta.get("preset") == "paper":
+        merged: dict[str, Any] = {section: dict(values) for section, values in PAPER_FORMULATION.items()}
+        _deep_update(merged, data)
+        data = merged
     return _build(Config, data, "").validate()
 
 

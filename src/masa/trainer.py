@@ -34,7 +34,7 @@ from masa.efficient.switch import CalibrationSwitch
 from masa.eval.heldout import heldout_accuracy
 from masa.eval.meta_metrics import gate_side_matches
 from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
-from masa.meta.expert import build_expert_target, select_expert_meta
+from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
 from masa.meta.parse import parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
@@ -543,10 +543,11 @@ class Trainer:
         if best is None and not mc.expert_fallback:
             return None
         chosen = metas[best] if best is not None else None
+        predictions = [m.prediction for m in metas]
         text = build_expert_target(
             chosen.text if chosen else None,
             stats,
-            chosen.prediction.notions if chosen else None,
+            chosen.prediction.notions if chosen else fallback_notions(predictions, notion_scores),
             scale=mc.pass_rate_scale,
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,

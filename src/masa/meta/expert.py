@@ -45,6 +45,15 @@ def select_expert_meta(
     return max(eligible, key=lambda i: (notion_scores[i], _META_BLOCK.search(meta_texts[i]) is not None, -i))
 
 
+def fallback_notions(predictions: list[MetaPrediction], notion_scores: list[float]) -> list[str]:
+    """The notions a fallback target keeps: those of the best-scoring rollout that stated any (earliest on
+    ties), so the target does not teach an empty list when the rollouts named concepts below the bar."""
+    stated = [i for i, p in enumerate(predictions) if p.notions]
+    if not stated:
+        return []
+    return list(predictions[max(stated, key=lambda i: (notion_scores[i], -i))].notions or [])
+
+
 def build_expert_target(
     meta_text: str | None,
     stats: SolutionStats,
