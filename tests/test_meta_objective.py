@@ -143,3 +143,18 @@ def test_field_credit_reaches_the_meta_sequences_of_a_training_step(tmp_path, mo
     # pass-rate field its own non-zero one.
     assert all(0.0 in s.token_advantages and any(a != 0 for a in s.token_advantages) for s in metas[::3])
     assert log["groups/meta_pass_constant_fraction"] == 0.0
+
+
+def test_a_task_without_notions_drops_their_weight_and_field():
+    from masa.config import task_has_notions
+    from masa.meta.expert import build_expert_target
+    from masa.meta.parse import parse_meta_prediction
+
+    assert not task_has_notions(load_config("tiny"))  # arithmetic names every concept it uses
+    assert task_has_notions(load_config("tiny", overrides=["data.train=problems.jsonl"]))
+    assert task_has_notions(load_config("tiny", overrides=["meta.preset=paper"]))
+    assert not task_has_notions(load_config("tiny", overrides=["data.train=x.jsonl", "meta.notions=false"]))
+    target = build_expert_target(None, _stats(4), ["carry"], max_response_tokens=64, with_notions=False)
+    assert "notion" not in target
+    pred = parse_meta_prediction(target)
+    assert pred.notions is None and pred.pass_rate == 4

@@ -110,6 +110,10 @@ class MetaConfig:
     """Lower end of the solution_length range the prompt states (upper end: rollout.max_new_tokens)."""
     notion_word: str = "math_notion"
     """JSON key for the predicted concepts; other domains can rename it."""
+    notions: bool | None = None
+    """Whether the task has notions to predict. false: the notion field leaves the prompt and the expert
+    targets and its reward weight is 0. null (auto): false for the built-in arithmetic task (its problems
+    name every concept they use), true otherwise."""
     pass_rate_reward: Literal["exp", "brier", "log"] = "brier"
     """exp: the paper's b ** |p - p_hat| (not a proper scoring rule; its optimum is the commonest outcome).
     brier: 1 - (p - p_hat)^2. log: mean log-likelihood of the outcomes. Both are maximised by the true rate."""
@@ -224,6 +228,7 @@ PAPER_FORMULATION: dict[str, dict[str, Any]] = {
         "pass_rate_reward": "exp",
         "scale_advantages": True,
         "field_credit": False,
+        "notions": True,
     },
     "efficient": {"switch": "steps", "grade_cutoff": False},
 }
@@ -275,6 +280,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = value
     return data
+
+
+def task_has_notions(cfg: Config) -> bool:
+    """Whether meta predictions include notions for this run's task (``meta.notions``)."""
+    if cfg.meta.notions is None:
+        return cfg.data.train != "arithmetic"
+    return cfg.meta.notions
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
 from masa.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
-from masa.config import Config, config_from_dict
+from masa.config import Config, config_from_dict, task_has_notions
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
@@ -149,7 +149,10 @@ class Trainer:
         self.streams = RngStreams(config.train.seed)
         self.update_rng = self.streams.generator("update")
         mc, e = config.meta, config.efficient
-        self.meta_weights = MetaRewardWeights(mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
+        self.notions = task_has_notions(config)
+        self.meta_weights = MetaRewardWeights(
+            mc.weight_length, mc.weight_pass_rate, mc.weight_notion if self.notions else 0.0
+        )
         self.gate = PredictiveGate(
             sigma=e.gate_sigma,
             tolerance=e.gate_tolerance,
@@ -289,7 +292,9 @@ class Trainer:
             **gate_log,
         }
         if masa:
-            log.update(meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale))
+            log.update(
+                meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale, self.notions)
+            )
             log["meta/token_share"] = meta_tokens / max(solution_tokens + meta_tokens, 1)
             log["groups/meta_zero_variance_fraction"] = _mean([float(z) for z in meta_adv.zero_variance])
             log["groups/meta_pass_constant_fraction"] = _mean(
@@ -552,6 +557,7 @@ class Trainer:
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
             notion_word=mc.notion_word,
+            with_notions=self.notions,
         )
         target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return self._meta_ids(problem), target

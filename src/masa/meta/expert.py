@@ -63,8 +63,10 @@ def build_expert_target(
     max_response_tokens: int,
     min_length: int = DEFAULT_MIN_LENGTH,
     notion_word: str = "math_notion",
+    with_notions: bool = True,
 ) -> str:
-    """The SFT completion for a meta prompt: kept (or generic) reasoning, then the true statistics as JSON.
+    """The SFT completion for a meta prompt: kept (or generic) reasoning, then the true statistics as JSON
+    (without the notion key when the task has no notions).
 
     pass_rate = round(p * scale), half up; solution_length = median length of the correct rollouts (of all
     rollouts when none is correct), half up, clamped to the prompt's length range.
@@ -75,7 +77,8 @@ def build_expert_target(
     # Exact integer form of floor(c * scale / G + 1/2): no float rounding at the .5 boundaries.
     pass_rate = (2 * stats.num_correct * scale + stats.num_rollouts) // (2 * stats.num_rollouts)
     length = _median_half_up(stats.correct_lengths or stats.lengths)
-    answer = render_meta_json(notions or [], pass_rate, min(max(length, low), high), notion_word=notion_word)
+    kept = (notions or []) if with_notions else None
+    answer = render_meta_json(kept, pass_rate, min(max(length, low), high), notion_word=notion_word)
     return f"{reasoning}\n{answer}"
 
 

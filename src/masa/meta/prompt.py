@@ -40,12 +40,13 @@ def length_bounds(min_length: int, max_response_tokens: int) -> tuple[int, int]:
 
 
 def render_meta_json(
-    notions: list[str], pass_rate: int, solution_length: int, *, notion_word: str = "math_notion"
+    notions: list[str] | None, pass_rate: int, solution_length: int, *, notion_word: str = "math_notion"
 ) -> str:
-    """The canonical one-line JSON of a meta prediction, in the key order the prompt shows."""
+    """The canonical one-line JSON of a meta prediction, in the key order the prompt shows (no notion key
+    for ``notions=None``: a task without notions)."""
+    fields = {} if notions is None else {notion_word: list(notions)}
     return json.dumps(
-        {notion_word: list(notions), "pass_rate": pass_rate, "solution_length": solution_length},
-        ensure_ascii=False,
+        {**fields, "pass_rate": pass_rate, "solution_length": solution_length}, ensure_ascii=False
     )
 
 
