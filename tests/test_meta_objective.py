@@ -158,3 +158,16 @@ def test_a_task_without_notions_drops_their_weight_and_field():
     assert "notion" not in target
     pred = parse_meta_prediction(target)
     assert pred.notions is None and pred.pass_rate == 4
+
+
+def test_copying_the_prompt_example_is_not_an_answer():
+    from masa.meta.parse import parse_meta_prediction
+    from masa.meta.prompt import build_meta_prompt, is_example_copy
+
+    prompt = build_meta_prompt("1 + 1", pass_rate_scale=8, max_response_tokens=64)
+    example = parse_meta_prediction(prompt[prompt.rindex("{") :])
+    settings = {"pass_rate_scale": 8, "max_response_tokens": 64}
+    assert is_example_copy(example.notions, example.pass_rate, example.solution_length, **settings)
+    assert is_example_copy(None, example.pass_rate, example.solution_length, **settings)
+    assert not is_example_copy(["addition"], example.pass_rate, example.solution_length, **settings)
+    assert not is_example_copy(None, 8, example.solution_length, **settings)

@@ -35,8 +35,8 @@ from masa.eval.heldout import heldout_accuracy
 from masa.eval.meta_metrics import gate_side_matches
 from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
-from masa.meta.parse import parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt
+from masa.meta.parse import FIELDS, MetaPrediction, parse_meta_prediction
+from masa.meta.prompt import build_meta_prompt, is_example_copy
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import load_model, resolve_autocast, resolve_device
@@ -354,11 +354,24 @@ class Trainer:
         )
         return [
             [
-                MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))
+                MetaRollout(r, text, self._parse_meta(text))
                 for r, text in zip(group, self._decode(group), strict=True)
             ]
             for group in groups
         ]
+
+    def _parse_meta(self, text: str) -> MetaPrediction:
+        mc = self.cfg.meta
+        pred = parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale)
+        copied = is_example_copy(
+            pred.notions,
+            pred.pass_rate,
+            pred.solution_length,
+            pass_rate_scale=mc.pass_rate_scale,
+            max_response_tokens=self.cfg.rollout.max_new_tokens,
+            min_length=mc.min_length,
+        )
+        return MetaPrediction(reasons=dict.fromkeys(FIELDS, "copied the prompt example")) if copied else pred
 
     def _meta_rewards(self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats) -> list:
         mc = self.cfg.meta

@@ -82,3 +82,25 @@ def build_meta_prompt(
     }
     chosen = META_PROMPT_TEMPLATE if template is None else template
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], chosen)
+
+
+EXAMPLE_NOTIONS = ["concept one", "concept two"]
+"""The notions of the format example ``build_meta_prompt`` shows."""
+
+
+def is_example_copy(
+    notions: list[str] | None,
+    pass_rate: int | None,
+    solution_length: int | None,
+    *,
+    pass_rate_scale: int,
+    max_response_tokens: int,
+    min_length: int = DEFAULT_MIN_LENGTH,
+) -> bool:
+    """Whether a parsed prediction repeats the prompt's format example: its example notions, or (for a
+    task without notions) both of its numbers. Such a copy says nothing about the problem and is scored as
+    unparsed, so copying the example cannot be a stable answer (the embedded model's first habit)."""
+    low, high = length_bounds(min_length, max_response_tokens)
+    if notions:
+        return [n.strip().lower() for n in notions] == EXAMPLE_NOTIONS
+    return pass_rate == pass_rate_scale // 2 and solution_length == (low + high) // 2
