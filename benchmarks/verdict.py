@@ -84,6 +84,7 @@ def meta_eval(model: Path | str, out: Path, args: argparse.Namespace) -> dict[st
         "--meta", "--n", str(args.meta_eval_n), "--k", "1", "--meta-n", str(args.meta_eval_n),
         "--temperature", str(args.meta_eval_temperature), "--max-tokens", str(args.meta_eval_max_tokens),
         "--limit", str(args.meta_eval_limit), "--seed", "0",
+        *([] if args.meta_eval_notions else ["--meta-no-notions"]),
     ]  # fmt: skip
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)})
     result = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
@@ -406,6 +407,11 @@ def main() -> None:
     parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
     parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
     parser.add_argument("--meta-eval-base", action="store_true", help="also evaluate the untrained model's")
+    parser.add_argument(
+        "--meta-eval-notions",
+        action="store_true",
+        help="ask for notions in the held-out meta prompt (arithmetic runs train without them)",
+    )
     parser.add_argument("--report-only", action="store_true", help="report the finished runs; run nothing")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "verdict")
     args = parser.parse_args()

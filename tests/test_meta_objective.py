@@ -171,3 +171,12 @@ def test_copying_the_prompt_example_is_not_an_answer():
     assert is_example_copy(None, example.pass_rate, example.solution_length, **settings)
     assert not is_example_copy(["addition"], example.pass_rate, example.solution_length, **settings)
     assert not is_example_copy(None, 8, example.solution_length, **settings)
+
+
+def test_a_prompt_without_notions_neither_asks_for_nor_shows_them():
+    from masa.meta.prompt import build_meta_prompt
+
+    with_notions = build_meta_prompt("1 + 1", max_response_tokens=64)
+    without = build_meta_prompt("1 + 1", max_response_tokens=64, notions=False)
+    assert "math_notion" in with_notions and "math_notion" not in without and "concept" not in without
+    assert '"pass_rate"' in without and '"solution_length"' in without

@@ -326,6 +326,7 @@ class Trainer:
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
             notion_word=mc.notion_word,
+            notions=self.notions,
         )
         return encode_user_message(self.tokenizer, text)
 

@@ -117,6 +117,8 @@ class EvalSettings:
     pass_rate_scale: int = MetaConfig.pass_rate_scale
     meta_min_length: int = MetaConfig.min_length
     notion_word: str = MetaConfig.notion_word
+    meta_notions: bool = True
+    """Ask for notions in the meta prompt (false: as trained on a task without notions)."""
     gate_tolerance: float = EfficientConfig.gate_tolerance
     gate_min_parsed: int = EfficientConfig.gate_min_parsed
     max_batch_sequences: int = 64
@@ -426,6 +428,7 @@ def _meta_prompt(problem: Problem, settings: EvalSettings) -> str:
         max_response_tokens=settings.max_tokens,
         min_length=settings.meta_min_length,
         notion_word=settings.notion_word,
+        notions=settings.meta_notions,
     )
 
 

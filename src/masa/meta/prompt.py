@@ -58,19 +58,21 @@ def build_meta_prompt(
     min_length: int = DEFAULT_MIN_LENGTH,
     notion_word: str = "math_notion",
     template: str | None = None,
+    notions: bool = True,
 ) -> str:
     """The user-message text of the meta prompt for one bare problem statement.
 
     ``notion_word`` names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any
     key ending in "notion(s)". A custom ``template`` may use the placeholders {problem}, {notion_key},
-    {scale}, {min_length}, {max_length} and {example}.
+    {scale}, {min_length}, {max_length} and {example}. ``notions=False`` (a task without notions) drops
+    the template's lines naming {notion_key} and the key from the example.
     """
     if pass_rate_scale < 1:
         raise ValueError(f"pass_rate_scale must be >= 1, got {pass_rate_scale}")
     low, high = length_bounds(min_length, max_response_tokens)
     # The example's numbers sit mid-range so they do not anchor the model towards an extreme.
     example = render_meta_json(
-        ["concept one", "concept two"], pass_rate_scale // 2, (low + high) // 2, notion_word=notion_word
+        EXAMPLE_NOTIONS if notions else None, pass_rate_scale // 2, (low + high) // 2, notion_word=notion_word
     )
     values = {
         "problem": problem_text.strip(),
@@ -81,6 +83,8 @@ def build_meta_prompt(
         "example": example,
     }
     chosen = META_PROMPT_TEMPLATE if template is None else template
+    if not notions:
+        chosen = "\n".join(line for line in chosen.split("\n") if "{notion_key}" not in line)
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], chosen)
 
 
