@@ -16,6 +16,10 @@ the accuracy curves with seed bands.
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import html
+import io
 import json
 import math
 import os
@@ -377,6 +381,22 @@ def plot(runs: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_html(path: Path, png: Path, tables: str, runs: list[dict]) -> None:
+    """One self-contained page: the curves with seed bands, then every table, then the exact commands."""
+    image = base64.b64encode(png.read_bytes()).decode()
+    commands = sorted({r.get("command", "") for r in runs})
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>masa verdict</title></head><body>"
+        "<h1>GRPO vs MASA: held-out accuracy over seeds</h1>"
+        f"<img alt='accuracy curves with seed bands' src='data:image/png;base64,{image}'>"
+        f"<pre>{html.escape(tables)}</pre><h2>Commands</h2><pre>{html.escape(chr(10).join(commands))}</pre>"
+        "</body></html>"
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+
+
 def _mean_time(rs: list[dict], step: int) -> float:
     return statistics.fmean(e["elapsed_s"] for r in rs for e in r["evals"] if e["step"] == step)
 
@@ -429,9 +449,14 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no finished runs in {args.out / 'runs'}")
     base = json.loads(base_file.read_text()) if base_file.exists() else None
-    summary = report(runs, args, base)
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        summary = report(runs, args, base)
+    print(tables.getvalue())
     write_json(args.out.parent / f"{args.out.name}.json", {"runs": runs, "base_meta": base, **summary})
-    plot(runs, args.out.parent / f"{args.out.name}_accuracy.png")
+    png = args.out.parent / f"{args.out.name}_accuracy.png"
+    plot(runs, png)
+    write_html(args.out.parent / f"{args.out.name}.html", png, tables.getvalue(), runs)
 
 
 if __name__ == "__main__":
