@@ -197,8 +197,8 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "masa"
     grad_stats_every: int = 10
-    """Every this many steps, log each kind's gradient norm and their cosine (0: never; costs two
-    gradient copies on those steps)."""
+    """Every this many steps, log each kind's gradient norm and their cosine (0: never; holds a copy of
+    the gradients per kind on those steps)."""
 
 
 @dataclass

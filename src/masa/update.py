@@ -201,7 +201,8 @@ class _GradientsByKind:
     """Gradient norm of each kind's weighted loss and their cosines, from micro-batches run kind by kind.
 
     After each kind the accumulated gradient is compared with the snapshot taken before it; the difference
-    is that kind's gradient. Costs two copies of the gradients, so it runs only on sampled steps.
+    is that kind's gradient. Holds one copy of the gradients per kind plus a snapshot, so it runs only on
+    sampled steps.
     """
 
     def __init__(self, model: PreTrainedModel):
