@@ -24,6 +24,10 @@ class ScriptedEngine:
         self.meta = meta
         self.solution_calls: list[list[Problem]] = []
         self.meta_calls: list[list[Problem]] = []
+        self.weights_version = 0
+
+    def load_weights(self, named_tensors, version: int) -> None:
+        self.weights_version = version
 
     def _problem(self, text: str) -> Problem:
         return next(p for p in self.problems if p.prompt in text)

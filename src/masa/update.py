@@ -32,6 +32,9 @@ class TrainSequence:
     kind: str = "solution"
     token_advantages: list[float] | None = None
     """Per completion token, replacing ``advantage`` (field-level credit of meta rewards)."""
+    sampler_logprobs: list[float] | None = None
+    """The engine's log-probability of each completion token when it was sampled (for off-policy
+    correction when the sampler is not the policy module itself, e.g. vLLM)."""
 
     @property
     def has_signal(self) -> bool:
@@ -50,6 +53,7 @@ class PackedBatch:
     completion_ids: torch.Tensor  # (B, C)
     completion_mask: torch.Tensor  # (B, C) float, 1 on real completion tokens
     advantages: torch.Tensor  # (B, C): each row's advantage, or its per-token advantages
+    sampler_logprobs: torch.Tensor | None = None  # (B, C); NaN on rows the engine did not sample (expert)
 
 
 def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device | str = "cpu") -> PackedBatch:
@@ -76,6 +80,15 @@ def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device |
                     f"{len(seq.token_advantages)} token advantages for {len(seq.completion_ids)} tokens"
                 )
             advantages[row, : len(seq.token_advantages)] = torch.tensor(seq.token_advantages)
+    sampler = None
+    if any(s.sampler_logprobs is not None for s in sequences):
+        sampler = torch.full((rows, completion_width), math.nan, dtype=torch.float32)
+        for row, seq in enumerate(sequences):
+            if seq.sampler_logprobs is not None:
+                sampler[row, : len(seq.sampler_logprobs)] = torch.tensor(
+                    seq.sampler_logprobs, dtype=torch.float32
+                )
+        sampler = sampler.to(device)
     return PackedBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -83,6 +96,7 @@ def pack(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device |
         completion_ids=input_ids[:, prompt_width:].to(device),
         completion_mask=completion_mask.to(device),
         advantages=advantages.to(device),
+        sampler_logprobs=sampler,
     )
 
 
@@ -99,6 +113,18 @@ def token_logprobs(model: PreTrainedModel, batch: PackedBatch, temperature: floa
     logits = logits.float() / temperature
     chosen = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def truncated_importance_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Per-token min(exp(old - sampler), cap), detached (TRL's vllm_importance_sampling_correction).
+
+    The rollouts were drawn from the sampler's distribution, not exactly the policy's (other kernels and
+    precision); weighting each token by pi_old / pi_sampler makes the gradient an estimate under the
+    policy again, and the cap bounds the variance a token the sampler found unlikely would add.
+    """
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,7 @@ def clipped_policy_loss(
     token_weights: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """PPO's pessimistic clipped objective with separate lower/upper clip ("clip-higher").
 
@@ -128,7 +155,8 @@ def clipped_policy_loss(
     Token-mean aggregation: the sum over every masked token divided by ``normaliser``, the token count of
     the whole optimiser batch, so micro-batches with gradient accumulation give the same gradient as one
     big batch. ``advantages`` is per row (B,) or per token (B, C); ``token_weights`` (B,) scales rows.
-    With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token.
+    With ``kl_coef`` > 0, adds the k3 estimate of KL(pi || ref) per token. ``is_weights`` (per token, from
+    ``truncated_importance_weights``) scale the policy-gradient term, not the KL term.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -136,6 +164,8 @@ def clipped_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     ref_kl = torch.zeros((), device=logprobs.device)
     if ref_logprobs is not None and kl_coef > 0:
         delta = ref_logprobs - logprobs
@@ -168,6 +198,11 @@ class UpdateSettings:
     micro_batch_sequences: int = 16
     grad_clip: float = 1.0
     temperature: float = 1.0
+    recompute_old_logprobs: bool = False
+    """Compute the old log-probs with the policy before updating even for a single optimiser step: needed
+    when the rollouts were not sampled by the policy module itself (vLLM), where ratio == 1 would not hold."""
+    importance_sampling_cap: float | None = None
+    """Cap of the truncated importance-sampling weight against the sampler's log-probs; None disables it."""
     kind_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 1.0))
     """w_k of each kind's token-mean loss."""
     aggregation: Literal["per_kind", "joint"] = "per_kind"
@@ -231,6 +266,30 @@ class _GradientsByKind:
         return out
 
 
+def _off_policy_correction(
+    old: dict[tuple[int, ...], torch.Tensor], packed: dict[tuple[int, ...], PackedBatch], cap: float | None
+) -> tuple[dict[tuple[int, ...], torch.Tensor], dict[str, float]]:
+    """The gap between recomputed old log-probs and the sampler's, and (with ``cap``) the per-token
+    truncated importance weights of each micro-batch; nothing without recomputed old log-probs."""
+    sampled = {k: b for k, b in packed.items() if k in old and b.sampler_logprobs is not None}
+    valid = {k: b.completion_mask.bool() & ~b.sampler_logprobs.isnan() for k, b in sampled.items()}
+    if not any(v.any() for v in valid.values()):
+        return {}, {}
+    gaps = torch.cat([(old[k] - b.sampler_logprobs).abs()[valid[k]] for k, b in sampled.items()])
+    log = {"rollout/logprob_gap_mean": float(gaps.mean()), "rollout/logprob_gap_max": float(gaps.max())}
+    if cap is None:
+        return {}, log
+    is_weights = {
+        # Rows the engine did not sample (NaN) get weight 1.
+        k: truncated_importance_weights(old[k], b.sampler_logprobs, cap).nan_to_num(1.0)
+        for k, b in sampled.items()
+    }
+    kept = torch.cat([w[valid[k]] for k, w in is_weights.items()])
+    log["rollout/is_weight_mean"] = float(kept.mean())
+    log["rollout/is_capped_fraction"] = float((kept >= cap).float().mean())
+    return is_weights, log
+
+
 def policy_update(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
@@ -247,9 +306,12 @@ def policy_update(
     """Optimise the policy on one batch of rollouts (and expert targets); returns averaged statistics.
 
     Old log-probs are recomputed once, before any parameter changes, when the batch is used for more than
-    one optimiser step; with a single step the ratio is exactly 1 at the start, so the current log-probs
-    detached serve and the extra forward pass is skipped. ``grad_stats`` adds each kind's gradient norm
-    and the cosines between kinds, measured on the first optimiser step.
+    one optimiser step or ``settings.recompute_old_logprobs`` asks for it; otherwise (one step, rollouts
+    from the policy module itself) the ratio is exactly 1 at the start, so the current log-probs detached
+    serve and the extra forward pass is skipped. With recomputed old log-probs and the sampler's own, the
+    gap between them is reported and, with ``settings.importance_sampling_cap``, corrected for.
+    ``grad_stats`` adds each kind's gradient norm and the cosines between kinds, measured on the first
+    optimiser step.
     """
     device = next(model.parameters()).device
     rng = rng or random.Random(0)
@@ -295,7 +357,9 @@ def policy_update(
     def is_rl(key: tuple[int, ...]) -> bool:
         return sequences[key[0]].kind != "expert"
 
-    reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
+    reuse_current = (
+        settings.ppo_epochs == 1 and settings.mini_batches == 1 and not settings.recompute_old_logprobs
+    )
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
@@ -306,6 +370,7 @@ def policy_update(
                 old[key] = token_logprobs(model, batch, settings.temperature)
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch, settings.temperature)
+    is_weights, off_policy = _off_policy_correction(old, packed, settings.importance_sampling_cap)
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     kind_losses = dict.fromkeys(KINDS, 0.0)
@@ -340,6 +405,7 @@ def policy_update(
                         token_weights=weights[key],
                         ref_logprobs=ref.get(key),
                         kl_coef=settings.kl_coef,
+                        is_weights=is_weights.get(key),
                     )
                     for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
                         totals[name] += getattr(stats, name)
@@ -373,5 +439,6 @@ def policy_update(
     metrics["update/skipped_minibatches"] = skipped
     metrics["update/trained_sequences"] = sum(len(key) for _, micro in plans for key in micro)
     metrics["update/lr"] = scheduler.get_last_lr()[0]
+    metrics.update(off_policy)
     metrics.update(grad_log)
     return metrics

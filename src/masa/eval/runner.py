@@ -86,7 +86,10 @@ _TABLE_CUTOFF_FACTOR = 2.0
 
 # Settings that change only how results are summarised or batched, not the samples: a run may be resumed
 # with other values.
-_NOT_COMPARED_ON_RESUME = frozenset({"ks", "max_batch_sequences", "gate_tolerance", "gate_min_parsed"})
+# Engines sample the same model, so a run may resume on another one; the engine is recorded, not compared.
+_NOT_COMPARED_ON_RESUME = frozenset(
+    {"ks", "max_batch_sequences", "gate_tolerance", "gate_min_parsed", "engine"}
+)
 
 
 class EvalSetupError(ValueError):
@@ -122,6 +125,8 @@ class EvalSettings:
     gate_tolerance: float = EfficientConfig.gate_tolerance
     gate_min_parsed: int = EfficientConfig.gate_min_parsed
     max_batch_sequences: int = 64
+    engine: str = "hf"
+    """The rollout engine that sampled (hf or vllm); recorded with the results."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))

