@@ -133,7 +133,7 @@ def test_field_credit_reaches_the_meta_sequences_of_a_training_step(tmp_path, mo
     def solution(problem, j):
         return f"\\boxed{{{problem.answer}}}" if j % 2 == 0 else "\\boxed{-1}"
 
-    trainer.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, solution, meta)
+    trainer.engine.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, solution, meta)
     log = trainer.train_step()
     metas = [s for s in seen[0] if s.kind == "meta"]
     assert all(
