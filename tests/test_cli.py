@@ -51,10 +51,10 @@ def test_eval_rejects_k_above_n_before_loading_anything(problems_file, tmp_path,
     args = ["eval", "tiny-random", "--benchmark", str(problems_file), "--out", str(tmp_path)]
     code = cli.main([*args, "--n", "4", "--k", "8"])
     assert code == 2
-    assert "pass@8 needs at least 8 samples" in capsys.readouterr().out
+    assert "pass@8 needs at least 8 samples" in capsys.readouterr().err
     code = cli.main(["eval", "tiny-random", "--benchmark", "nope", "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "unknown benchmark 'nope'" in capsys.readouterr().out
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
 
 
 def test_eval_end_to_end_then_resume(problems_file, tmp_path, capsys, generate_calls):
@@ -88,7 +88,7 @@ def test_eval_end_to_end_then_resume(problems_file, tmp_path, capsys, generate_c
 
     capsys.readouterr()
     assert cli.main(args) == 2  # results exist and --resume was not given
-    assert "--resume" in capsys.readouterr().out
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_report_of_a_tiny_training_run(tmp_path, capsys):
@@ -100,4 +100,4 @@ def test_report_of_a_tiny_training_run(tmp_path, capsys):
 
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
-    assert "error:" in capsys.readouterr().out
+    assert "error:" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def test_yaml_file_is_applied_between_preset_and_overrides(tmp_path):
         ("algo.lrr=1", "unknown key 'algo.lrr'; allowed in algo:"),
         ("bogus.x=1", "unknown section 'bogus'"),
         ("algo.name=ppo", "allowed values: grpo, masa, masa-efficient"),
-        ("rollout.n=0", "rollout.n=0 is not valid: must be >= 1"),
+        ("rollout.n=1", "rollout.n=1 is not valid: must be >= 2 (algo.name=grpo compares rollouts"),
         ("rollout.n=two", "rollout.n must be an integer"),
         ("model.precision=fp8", "allowed values: auto, fp32, bf16"),
         ("train.tensorboard=maybe", "train.tensorboard must be true or false"),
@@ -42,6 +42,12 @@ def test_bad_keys_and_values_name_the_key(override, message):
         ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
     ):
         load_config("tiny", overrides=[override])
+
+
+def test_groups_of_one_are_rejected_for_the_meta_path_only():
+    with pytest.raises(ConfigError, match=r"meta\.n=1 is not valid: must be >= 2 \(algo\.name=masa"):
+        load_config("tiny", overrides=["algo=masa", "meta.n=1"])
+    assert load_config("tiny", overrides=["algo=grpo", "meta.n=1"]).meta.n == 1
 
 
 def test_missing_or_malformed_config_file(tmp_path):

@@ -9,9 +9,9 @@ from masa.cli import main
 
 def _train(tmp_path, capsys, *overrides):
     code = main(["train", "--preset", "tiny", f"train.output_dir={tmp_path}", *overrides])
-    out = capsys.readouterr().out
-    assert len(out.strip().splitlines()) <= 3  # one message (rich wraps it at the terminal width)
-    return code, " ".join(out.split())
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1  # errors are one unwrapped line on stderr
+    return code, err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

@@ -168,6 +168,13 @@ def test_hub_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
         load_problems("someone/some-dataset")
 
 
+@pytest.fixture
+def reachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake `datasets` modules below stand in for the hub; the reachability probe must not stop them.
+    monkeypatch.setattr("masa.data.loaders.hub_unreachable", lambda: None)
+
+
+@pytest.mark.usefixtures("reachable_hub")
 def test_hub_load_failure_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeDatasets:
         @staticmethod
@@ -179,6 +186,7 @@ def test_hub_load_failure_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> No
         load_problems("someone/some-dataset")
 
 
+@pytest.mark.usefixtures("reachable_hub")
 def test_hub_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeDatasets:
         @staticmethod
@@ -189,3 +197,35 @@ def test_hub_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets)
     [problem] = load_problems("someone/toy", split="test")
     assert (problem.id, problem.prompt, problem.answer) == ("toy-test-0", "What is 5 - 2?", "3")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "where"),
+    [
+        ("a.jsonl", b'{"problem": "1", "answer": "2"}\n\n{"problem": "caf\xe9", "answer": "3"}\n', "row 2"),
+        # A quoted field spanning lines, and a byte-order mark: the bad byte is still in record 2.
+        ("a.csv", b'\xef\xbb\xbfproblem,answer\n"two\nlines",2\nx\xff,3\n', "row 2"),
+        ("h.csv", b"probl\xe9m,answer\n1,2\n", "header"),
+        ("a.json", b'[{"problem": "1", "answer": "2"},\n{"problem": "\xff", "answer": "2"}]', "line 2"),
+    ],
+)
+def test_bytes_that_are_not_utf8_name_file_and_row(
+    tmp_path: Path, name: str, data: bytes, where: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataError) as raised:
+        load_problems(str(path))
+    assert str(raised.value).startswith(
+        f"{path}, {where}: not UTF-8" if "row" in where else f"{path}: {where}"
+    )
+    assert "not UTF-8 (byte 0x" in str(raised.value)
+
+
+def test_a_missing_answer_field_says_how_to_name_it(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"question": "1+1?", "solution": "2"}\n')
+    with pytest.raises(
+        DataError, match=r"\(the row has question, solution\); name it with data\.answer_field="
+    ):
+        load_problems(str(path))

@@ -85,7 +85,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="not a masa run"):
         Trainer(_config(tmp_path), run_dir=run)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(_config(tmp_path), run_dir=run, resume=True)

@@ -219,6 +219,6 @@ def test_eval_with_the_vllm_engine(tmp_path, capsys):
 
 def test_a_model_vllm_cannot_load_is_one_line_and_exit_2(tmp_path, capsys):
     code = main(["train", "--preset", "tiny", "rollout.engine=vllm", f"train.output_dir={tmp_path}"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert code == 2
-    assert "vLLM cannot load model" in printed
+    assert "vLLM cannot load model" in printed and len(printed.splitlines()) == 1

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from masa.runfiles import atomic_folder, is_temp_name, remove_leftovers
+from masa.tracking import CONFIG_FILE
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# Temporary folders of saves killed mid-way: ``.step-N.xxxxxxxx.tmp`` (``.step-N-xxxxxxxx`` before 0.2).
+_PARTIAL_DIR = re.compile(r"^\.step-\d+[-.]")
 TRAINER_STATE = "trainer_state.pt"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
@@ -46,29 +50,86 @@ def save_checkpoint(
     *,
     keep: int,
 ) -> Path:
-    """Write ``step-N`` under a temporary name and rename it into place.
+    """Write ``step-N`` under a temporary name, flush it to disk and rename it into place.
 
     A crash or a full disk mid-write leaves the previous checkpoints untouched and no half-written folder
-    that resuming could mistake for a complete one.
+    that resuming could mistake for a complete one; the temporary folders a killed save leaves behind are
+    removed by the next save (or resume). A complete ``step-N`` that already exists is kept as it is: it
+    is the checkpoint a resumed run started from, and deleting it before its replacement is in place
+    would open a window in which a kill loses it.
     """
+    remove_partial_checkpoints(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     target = checkpoints_dir / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=checkpoints_dir))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {target} ({exc}); earlier checkpoints in {checkpoints_dir} are intact"
-        ) from exc
+    if not (target / TRAINER_STATE).is_file():
+        try:
+            with atomic_folder(target) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write checkpoint {target} ({exc}); "
+                f"earlier checkpoints in {checkpoints_dir} are intact"
+            ) from exc
     for old in list_checkpoints(checkpoints_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def save_model_folder(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """Save a loadable model folder (a run's ``final/``) aside and rename it into place."""
+    try:
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError as exc:
+        raise CheckpointError(f"could not write the model to {folder} ({exc})") from exc
+    return folder
+
+
+def remove_partial_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Remove the temporary ``.step-N-*`` folders of saves that were killed mid-way."""
+    if not checkpoints_dir.is_dir():
+        return []
+    partial = [p for p in checkpoints_dir.iterdir() if p.is_dir() and _PARTIAL_DIR.match(p.name)]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def resume_point(run_dir: Path, *, resume: bool) -> Path | None:
+    """The checkpoint a run in ``run_dir`` starts from: None means step 0.
+
+    A new run needs a folder without a run in it. Resuming needs a run folder (its ``config.yaml``); one
+    killed before its first checkpoint starts again from step 0, so there is always a way forward. The
+    temporary files and folders of writes that were killed mid-way are removed first.
+    """
+    checkpoints_dir = run_dir / CHECKPOINTS_DIR
+    if not resume:
+        content = [p for p in run_dir.iterdir() if not is_temp_name(p.name)] if run_dir.is_dir() else []
+        if not content:
+            remove_leftovers(run_dir)
+            return None
+        if (run_dir / CONFIG_FILE).is_file():
+            fresh = (
+                ""
+                if latest_checkpoint(checkpoints_dir)
+                else " (it has no checkpoint yet, so it starts again from step 0 with its saved config)"
+            )
+            raise FileExistsError(
+                f"run folder {run_dir} already exists; resume it with `masa train --resume {run_dir}`"
+                f"{fresh} or pick another train.run_name"
+            )
+        raise FileExistsError(
+            f"folder {run_dir} already exists and is not a masa run (no {CONFIG_FILE}); "
+            "pick another train.run_name or train.output_dir"
+        )
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"nothing to resume: {run_dir} is not a masa run folder (no {CONFIG_FILE})")
+    remove_leftovers(run_dir)
+    remove_partial_checkpoints(checkpoints_dir)
+    return latest_checkpoint(checkpoints_dir)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from masa.config import PRESETS, ConfigError, apply_overrides, config_from_dict, describe_options, load_config
 
@@ -100,6 +101,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir", type=Path, help=f"folder with local benchmark copies (default ${DATA_DIR_ENV})"
     )
+    p.add_argument(
+        "--prompt-field", metavar="FIELD", help="a problem file's prompt field (default: detected)"
+    )
+    p.add_argument(
+        "--answer-field", metavar="FIELD", help="a problem file's answer field (default: detected)"
+    )
     p.add_argument("--meta", action="store_true", help="also sample meta predictions and analyse them")
     p.add_argument(
         "--meta-n", type=int, default=8, help="meta predictions per problem with --meta (default 8)"
@@ -130,6 +137,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace, console: Console) -> int:
     from masa.config import RolloutConfig
+    from masa.data.loaders import FieldMap
     from masa.eval.benchmarks import resolve_benchmark
     from masa.eval.runner import (
         RESULTS_FILE,
@@ -140,7 +148,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         summary_tables,
         write_results,
     )
-    from masa.models import load_model, resolve_autocast, resolve_device
+    from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
     from masa.rollout import build_engine
 
     settings = EvalSettings(
@@ -161,8 +169,11 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     if args.limit is not None and args.limit < 1:
         raise EvalSetupError(f"--limit must be at least 1, got {args.limit}")
     # Everything the user can get wrong is checked before the model loads.
+    fields = None
+    if args.prompt_field or args.answer_field:
+        fields = FieldMap(prompt=args.prompt_field or "prompt", answer=args.answer_field or "answer")
     benchmarks = [
-        resolve_benchmark(b, data_dir=args.data_dir, levels=args.levels, limit=args.limit)
+        resolve_benchmark(b, data_dir=args.data_dir, levels=args.levels, limit=args.limit, fields=fields)
         for b in dict.fromkeys(args.benchmark)
     ]
     folders = _unique_names([b.name for b in benchmarks])
@@ -170,7 +181,8 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         check_out_dir(args.out / folder, settings, args.resume)
     device = resolve_device(args.device)
     console.print(f"loading {args.model} on {device}")
-    model, tokenizer = load_model(args.model, seed=args.seed)
+    console.print(describe_precision("auto", device, resolve_autocast("auto", device)))
+    model, tokenizer = load_model(args.model, seed=args.seed, notify=console.print)
     model.to(device)
     engine = build_engine(
         RolloutConfig(engine=args.engine, max_batch_sequences=args.batch_size),
@@ -252,7 +264,9 @@ def _user_errors(command: str) -> tuple[type[Exception], ...]:
     """Exceptions that mean the user asked for something impossible; imported only for the command run."""
     from masa.rollout.vllm_engine import EngineSetupError
 
-    errors: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, FileExistsError, EngineSetupError)
+    # OSError: missing or existing folders, no permission, a full disk (run files are written aside, so
+    # what was saved before is intact).
+    errors: tuple[type[Exception], ...] = (ConfigError, OSError, EngineSetupError)
     if command == "eval":
         from masa.data.loaders import DataError
         from masa.eval.benchmarks import BenchmarkError
@@ -269,9 +283,23 @@ def _user_errors(command: str) -> tuple[type[Exception], ...]:
     return errors
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, like every other error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{message} (see `{self.prog} --help`)")
+        sys.exit(2)
+
+
+def print_error(message: object) -> None:
+    """One line on stderr, never wrapped: logs and scripts get the whole message on the line they grep."""
+    text = " ".join(str(message).split())
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "bold red"), " ", text))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="masa", description="MASA: meta-awareness via self-alignment RL")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="masa", description="MASA: meta-awareness via self-alignment RL")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _eval_parser(sub)
     _report_parser(sub)
@@ -285,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _run_report(args, console)
     except _user_errors(args.command) as exc:
-        # escape: messages quote install commands and paths with brackets, e.g. masa[vllm-cpu]
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        print_error(exc)
         return 2
+    except KeyboardInterrupt:  # during start-up; once training runs, Ctrl-C saves and exits by itself
+        print_error("interrupted")
+        return 130
     return 1
 
 

@@ -269,7 +269,11 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 (at byte offset {exc.start}); save it as UTF-8"
+            ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -408,7 +412,9 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 def _check_values(cfg: Config) -> None:
     r, a, t, d, m = cfg.rollout, cfg.algo, cfg.train, cfg.data, cfg.model
-    _require(r.n >= 1, "rollout.n", ">= 1", r.n)
+    # Every algorithm here normalises rewards within a group: a group of one has zero advantage and trains
+    # nothing, silently.
+    _require(r.n >= 2, "rollout.n", f">= 2 (algo.name={a.name} compares rollouts within a group)", r.n)
     _require(r.temperature > 0, "rollout.temperature", "> 0", r.temperature)
     _require(0 < r.top_p <= 1, "rollout.top_p", "in (0, 1]", r.top_p)
     _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", ">= 1", r.max_new_tokens)
@@ -456,7 +462,8 @@ def _check_values(cfg: Config) -> None:
     )
     _require(d.verify_timeout_s > 0, "data.verify_timeout_s", "> 0", d.verify_timeout_s)
     mc, e = cfg.meta, cfg.efficient
-    _require(mc.n >= 1, "meta.n", ">= 1", mc.n)
+    if a.name != "grpo":
+        _require(mc.n >= 2, "meta.n", f">= 2 (algo.name={a.name} compares meta predictions in a group)", mc.n)
     _require(mc.max_new_tokens >= 1, "meta.max_new_tokens", ">= 1", mc.max_new_tokens)
     _require(mc.pass_rate_scale >= 1, "meta.pass_rate_scale", ">= 1", mc.pass_rate_scale)
     _require(mc.min_length >= 1, "meta.min_length", ">= 1", mc.min_length)

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,12 +20,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from masa.hub import hub_unreachable
+
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
 BUILTIN_MODELS = (SMOLLM2, TINY_RANDOM)
 
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = "masa-conversion-complete"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class ModelLoadError(RuntimeError):
@@ -55,7 +59,7 @@ def embedded_cache_dir(gguf: Path) -> Path:
     return cache_root() / "models" / f"{SMOLLM2}-{key}"
 
 
-def embedded_smollm2_path() -> Path:
+def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Path:
     """A safetensors checkpoint of the embedded SmolLM2, converted from its GGUF on first use.
 
     Loading the GGUF directly leaves transformers treating the model as quantized (not trainable, not
@@ -67,6 +71,7 @@ def embedded_smollm2_path() -> Path:
     target = embedded_cache_dir(gguf)
     if (target / _COMPLETE_MARKER).is_file():
         return target
+    notify(f"first use of {SMOLLM2}: converting its GGUF to a trainable checkpoint in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -93,12 +98,20 @@ def embedded_smollm2_path() -> Path:
     return target
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    source = str(embedded_smollm2_path()) if name in BUILTIN_MODELS else name
+def load_tokenizer(name: str, notify: Callable[[str], None] = lambda _: None) -> PreTrainedTokenizerBase:
+    source = str(embedded_smollm2_path(notify)) if name in BUILTIN_MODELS else name
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "copy the tokenizer files of the model it came from into it"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=_cache_only(source))
     except OSError as exc:
         raise ModelLoadError(_not_found(name, exc)) from exc
+    except ValueError as exc:  # files present but unusable, e.g. a slow tokenizer needing sentencepiece
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {_one_line(exc)}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Batched generation appends new tokens on the right, so prompts must be padded on the left.
@@ -127,26 +140,42 @@ def tiny_random_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(name: str, *, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM with fp32 weights (compute precision is chosen separately, by autocast)."""
-    tokenizer = load_tokenizer(name)
+def load_model(
+    name: str, *, seed: int = 0, notify: Callable[[str], None] = lambda _: None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM with fp32 weights (compute precision is chosen separately, by autocast).
+
+    ``notify`` hears about slow work a user would otherwise wait through in silence (a conversion).
+    """
+    tokenizer = load_tokenizer(name, notify)
     if name == TINY_RANDOM:
         model = tiny_random_model(len(tokenizer), seed=seed)
     else:
         source = str(embedded_smollm2_path()) if name == SMOLLM2 else name
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32, local_files_only=_cache_only(source)
+            )
         except OSError as exc:
             raise ModelLoadError(_not_found(name, exc)) from exc
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
+def _cache_only(source: str) -> bool:
+    """Load a hub id from the local cache only when the hub cannot be reached (no minute of retries)."""
+    return not Path(source).expanduser().exists() and hub_unreachable() is not None
+
+
 def _not_found(name: str, exc: Exception) -> str:
-    return (
-        f"cannot load model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder with a "
-        f"config.json, and not reachable on the Hugging Face hub ({exc.__class__.__name__}: {exc})"
-    )
+    where = f"cannot load model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder"
+    if not Path(name).expanduser().exists() and (reason := hub_unreachable()):
+        return f"{where}, not in the Hugging Face cache, and the hub is unreachable: {reason}"
+    return f"{where} with a config.json, and not on the Hugging Face hub ({_one_line(exc)})"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -174,6 +203,24 @@ def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def describe_precision(precision: str, device: torch.device, dtype: torch.dtype | None) -> str:
+    """Which compute precision ``resolve_autocast`` picked and why, for the start-up line."""
+    picked = "bf16 autocast (fp32 master weights)" if dtype is not None else "fp32"
+    if precision != "auto":
+        reason = f"model.precision={precision}"
+        if dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+            reason += "; this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and slower than fp32"
+    elif device.type == "cuda":
+        reason = "this GPU " + ("supports bf16" if dtype is not None else "has no bf16")
+    elif dtype is not None:
+        reason = "this CPU has AVX512-BF16 or AMX"
+    else:
+        reason = (
+            "this CPU has no AVX512-BF16 or AMX, where bf16 would be slower; steps take longer than on one"
+        )
+    return f"precision: {picked} on {device.type} ({reason})"
 
 
 def autocast_context(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

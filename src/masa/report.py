@@ -20,6 +20,7 @@ from masa.eval.plots import (
     read_jsonl,
     read_metrics,
 )
+from masa.runfiles import write_text
 from masa.tracking import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 
 _STYLE = """
@@ -55,10 +56,7 @@ def write_report(run_dirs: Sequence[Path], out_path: Path) -> Path:
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
     )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(document, encoding="utf-8")
-    return out
+    return write_text(out_path, document)
 
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from masa.config import ConfigError
+from masa.runfiles import append_jsonl, keep_rows_up_to
 
 # What a run folder holds; the trainer writes these, `masa report` and the plots read them.
 CONFIG_FILE = "config.yaml"
@@ -37,15 +39,14 @@ class MetricsWriter:
         self.path = run_dir / METRICS_FILE
         if resume_step is not None:
             for name in (METRICS_FILE, PREDICTIONS_FILE):
-                truncate_jsonl_after(run_dir / name, resume_step)
-        self._file = self.path.open("a", encoding="utf-8")
+                keep_rows_up_to(run_dir / name, resume_step)
         self._tb = None
         self._wandb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError(
+                raise ConfigError(
                     "train.tensorboard=true needs tensorboard: pip install 'masa[tensorboard]'"
                 ) from exc
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -53,15 +54,13 @@ class MetricsWriter:
             try:
                 import wandb as wandb_module
             except ImportError as exc:
-                raise RuntimeError("train.wandb=true needs wandb: pip install 'masa[wandb]'") from exc
+                raise ConfigError("train.wandb=true needs wandb: pip install 'masa[wandb]'") from exc
             self._wandb = wandb_module.init(
                 project=wandb_project, name=run_dir.name, config=config, resume="allow"
             )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        append_jsonl(self.path, [{"step": step, **metrics}])
         numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         if self._tb is not None:
             for key, value in numeric.items():
@@ -70,39 +69,10 @@ class MetricsWriter:
             self._wandb.log(numeric, step=step)
 
     def close(self) -> None:
-        self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint being resumed, so each step appears once."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if row.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    # JSON has no NaN; a missing statistic (e.g. a correlation of constant values) is written as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 STEP_LINE_KEYS = (

@@ -20,11 +20,19 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
+from rich.progress import Progress
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
-from masa.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
-from masa.config import Config, config_from_dict, task_has_notions
+from masa.checkpoint import (
+    CHECKPOINTS_DIR,
+    load_trainer_state,
+    resume_point,
+    save_checkpoint,
+    save_model_folder,
+    set_rng_state,
+)
+from masa.config import Config, ConfigError, config_from_dict, task_has_notions
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
@@ -40,13 +48,14 @@ from masa.meta.parse import FIELDS, MetaPrediction, parse_meta_prediction
 from masa.meta.prompt import build_meta_prompt, is_example_copy
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
-from masa.models import load_model, resolve_autocast, resolve_device
+from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
 from masa.rollout import build_engine
 from masa.rollout.sync import SyncedEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.runfiles import write_text
 from masa.tracking import (
     CONFIG_FILE,
     PREDICTIONS_FILE,
@@ -90,21 +99,21 @@ class Trainer:
         _seed_everything(config.train.seed)
         self.device = resolve_device(config.model.device)
         self.autocast_dtype = resolve_autocast(config.model.precision, self.device)
+        self.console.print(describe_precision(config.model.precision, self.device, self.autocast_dtype))
         self.run_dir = run_dir or _default_run_dir(config)
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise FileExistsError(
-                f"run folder {self.run_dir} already exists; resume it with `masa train --resume {self.run_dir}` "
-                "or pick another train.run_name"
-            )
-        resume_from = latest_checkpoint(self.run_dir / "checkpoints") if resume else None
+        resume_from = resume_point(self.run_dir, resume=resume)
         if resume and resume_from is None:
-            raise FileNotFoundError(
-                f"nothing to resume: {self.run_dir / 'checkpoints'} holds no complete checkpoint"
-            )
+            self.console.print(f"{self.run_dir} has no checkpoint yet: starting again from step 0")
 
         self.train_problems, self.eval_problems = load_problem_splits(config)
         model_source = str(resume_from) if resume_from else config.model.name
-        self.model, self.tokenizer = load_model(model_source, seed=config.train.seed)
+        self.console.print(
+            f"data: {len(self.train_problems)} training problems ({config.data.train}), "
+            f"{len(self.eval_problems)} held-out ({config.data.eval}); loading model {model_source}"
+        )
+        self.model, self.tokenizer = load_model(
+            model_source, seed=config.train.seed, notify=self.console.print
+        )
         self.model.to(self.device)
         if config.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -185,11 +194,12 @@ class Trainer:
             self._restore(load_trainer_state(resume_from))
             self.console.print(f"[bold]Resumed[/] {self.run_dir} at step {self.step} from {resume_from.name}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.writer = MetricsWriter(
             self.run_dir,
             config=config.to_dict(),
-            resume_step=self.step if resume else None,
+            # Starting again from step 0, the killed attempt's rows are all redone: none are kept.
+            resume_step=(self.step if resume_from else -1) if resume else None,
             tensorboard=config.train.tensorboard,
             wandb=config.train.wandb,
             wandb_project=config.train.wandb_project,
@@ -630,7 +640,8 @@ class Trainer:
         append_jsonl(self.run_dir / PREDICTIONS_FILE, rows)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, loop
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress: Progress | None = None) -> dict[str, float]:
+        """Held-out accuracy; with ``progress``, a bar shows the problems done (evaluations can be long)."""
         if not self.eval_problems:
             return {}
         params = SamplingParams(
@@ -638,6 +649,8 @@ class Trainer:
             top_p=self.cfg.rollout.top_p,
             max_new_tokens=self.cfg.rollout.max_new_tokens,
         )
+        bar = progress or Progress(disable=True)
+        task = bar.add_task("evaluating", total=len(self.eval_problems))
         # A private RNG stream: evaluating must not change what training samples next, or a resumed run
         # (which may evaluate at different points) would diverge from an uninterrupted one.
         with torch.random.fork_rng(devices=[]):
@@ -651,7 +664,10 @@ class Trainer:
                 template=DEFAULT_SOLUTION_TEMPLATE,
                 fallback=self.cfg.data.answer_fallback,
                 timeout_s=self.cfg.data.verify_timeout_s,
+                chunk_problems=max(1, self.cfg.rollout.max_batch_sequences // self.cfg.rollout.eval_samples),
+                on_progress=lambda done: bar.update(task, completed=done),
             )
+        bar.remove_task(task)
         metrics = {"eval/accuracy": result.accuracy, "eval/mean_tokens": result.mean_tokens}
         metrics.update({f"eval/accuracy_level_{k}": v for k, v in result.by_difficulty.items()})
         return metrics
@@ -686,7 +702,7 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(
-            self.run_dir / "checkpoints",
+            self.run_dir / CHECKPOINTS_DIR,
             self.step,
             self.model,
             self.tokenizer,
@@ -701,7 +717,7 @@ class Trainer:
             with self._graceful_interrupt(), progress_bar(self.console) as progress:
                 task = progress.add_task("training", total=cfg.steps, completed=self.step)
                 if self.step == 0 and cfg.eval_every:
-                    baseline = self.evaluate()
+                    baseline = self.evaluate(progress)
                     self.writer.log(0, {**baseline, "time/elapsed_s": 0.0})
                     progress.console.print(format_step_line(0, baseline))
                 while self.step < cfg.steps:
@@ -710,7 +726,7 @@ class Trainer:
                     self.elapsed += metrics["perf/step_seconds"]
                     metrics["time/elapsed_s"] = self.elapsed
                     if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                        metrics.update(self.evaluate())
+                        metrics.update(self.evaluate(progress))
                     self.writer.log(self.step, metrics)
                     progress.console.print(format_step_line(self.step, metrics))
                     progress.update(task, completed=self.step)
@@ -723,9 +739,7 @@ class Trainer:
             self.console.print(f"checkpoint: {checkpoint}")
             final_dir = None
             if not interrupted:
-                final_dir = self.run_dir / "final"
-                self.model.save_pretrained(final_dir)
-                self.tokenizer.save_pretrained(final_dir)
+                final_dir = save_model_folder(self.run_dir / "final", self.model, self.tokenizer)
                 self.console.print(f"[bold green]done[/]: final model in {final_dir}")
             else:
                 self.console.print(
@@ -774,7 +788,16 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a masa run folder (no {CONFIG_FILE})")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is damaged: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is empty or damaged: expected a mapping of sections")
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _importance_sampling(config: Config) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from masa.data.problem import Problem
+from masa.hub import hub_offline, hub_unreachable
 
 __all__ = ["DataError", "FieldMap", "load_problems"]
 
@@ -144,10 +147,14 @@ def _read_file(path: Path, source: str) -> Iterator[Any]:
         except Exception as exc:
             raise DataError(f"cannot read parquet: {exc}", source=source) from exc
     if suffix == ".csv":
-        return _read_csv(path)
+        return _read_csv(path, source)
     if suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise DataError(f"line {line}: {_not_utf8(raw, exc)}", source=source) from exc
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc}", source=source) from exc
         if not isinstance(data, list):
@@ -157,22 +164,38 @@ def _read_file(path: Path, source: str) -> Iterator[Any]:
 
 
 def _read_jsonl(path: Path, source: str) -> Iterator[Any]:
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:
         row = 0
-        for line in lines:
-            if not line.strip():
+        for raw in lines:
+            if not raw.strip():
                 continue
             row += 1
             try:
-                yield json.loads(line)
+                yield json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataError(_not_utf8(raw, exc), source=source, row=row) from exc
             except json.JSONDecodeError as exc:
                 raise DataError(f"invalid JSON: {exc}", source=source, row=row) from exc
 
 
-def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    # utf-8-sig drops the byte-order mark spreadsheet programs write, which would corrupt the first header.
-    with path.open(encoding="utf-8-sig", newline="") as lines:
-        yield from csv.DictReader(lines)
+def _read_csv(path: Path, source: str) -> Iterator[dict[str, Any]]:
+    # Spreadsheet programs write a byte-order mark, which would corrupt the first header.
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # The record holding the bad byte: count the records before it (quoted fields may span lines).
+        before = raw[: exc.start].decode("utf-8")
+        records = sum(1 for _ in csv.reader(io.StringIO(before)))
+        row = records if not before or before.endswith(("\n", "\r")) else records - 1
+        if row == 0:
+            raise DataError(f"header: {_not_utf8(raw, exc)}", source=source) from exc
+        raise DataError(_not_utf8(raw, exc), source=source, row=row) from exc
+    yield from csv.DictReader(io.StringIO(text, newline=""))
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
 
 
 def _read_hub(source: str, split: str) -> Iterator[Any]:
@@ -183,6 +206,13 @@ def _read_hub(source: str, split: str) -> Iterator[Any]:
             "no such file, and hub datasets need the 'datasets' package: pip install 'masa[hub]'",
             source=source,
         ) from exc
+    reason = hub_unreachable()
+    if reason and not hub_offline():
+        raise DataError(
+            f"no such file, and the Hugging Face hub is unreachable to load it as a dataset: {reason} "
+            "(for a dataset in the local cache, set HF_HUB_OFFLINE=1)",
+            source=source,
+        )
     try:
         return iter(datasets.load_dataset(source, split=split))
     except Exception as exc:
@@ -197,7 +227,9 @@ def _detect_fields(row: dict[str, Any], index: int, source: str) -> FieldMap:
             if _lookup(row, alias) is not None:
                 return alias
         raise DataError(
-            f"no {role} field among {', '.join(aliases)}; pass fields=FieldMap(...)",
+            f"no {role} field among {', '.join(aliases)} (the row has {', '.join(map(str, row)) or 'none'}); "
+            f"name it with data.{role}_field=FIELD (masa train), --{role}-field FIELD (masa eval) "
+            f"or fields=FieldMap({role}=...) (Python)",
             source=source,
             row=index + 1,
             field=role,

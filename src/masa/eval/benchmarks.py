@@ -147,11 +147,13 @@ def resolve_benchmark(
     data_dir: Path | None = None,
     levels: Sequence[int] | None = None,
     limit: int | None = None,
+    fields: FieldMap | None = None,
 ) -> Benchmark:
     """Load a benchmark: ``arithmetic``, a registry name, or a JSONL/JSON/CSV/parquet file.
 
     ``levels`` keeps the problems whose difficulty (MATH level, arithmetic level) is listed; ``limit`` then
-    keeps the first problems. ``data_dir`` defaults to ``$MASA_DATA_DIR``.
+    keeps the first problems. ``data_dir`` defaults to ``$MASA_DATA_DIR``. ``fields`` says where a file's
+    prompt and answer are (detected when None); named benchmarks know their own layout.
     """
     if name_or_file == ARITHMETIC:
         # The split and size the trainer holds out by default, so a trained model never saw these prompts.
@@ -161,7 +163,7 @@ def resolve_benchmark(
         benchmark = _load_registered(REGISTRY[name_or_file], data_dir or default_data_dir())
     elif Path(name_or_file).expanduser().is_file():
         path = Path(name_or_file).expanduser()
-        benchmark = Benchmark(path.stem, str(path), load_problems(str(path)))
+        benchmark = Benchmark(path.stem, str(path), load_problems(str(path), fields=fields))
     else:
         raise BenchmarkError(
             f"unknown benchmark {name_or_file!r}: not {ARITHMETIC!r}, not one of the named benchmarks "

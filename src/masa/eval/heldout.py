@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +13,7 @@ from masa.data.problem import Problem
 from masa.prompts import encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rollout.engine import RolloutEngine
-from masa.rollout.types import SamplingParams
+from masa.rollout.types import Rollout, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,18 @@ def heldout_accuracy(
     template: str,
     fallback: Literal["last_number", "none"] = "last_number",
     timeout_s: float = 2.0,
+    chunk_problems: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> HeldOutResult:
+    """Accuracy of ``samples_per_problem`` completions per problem; generated ``chunk_problems`` problems
+    at a time (all at once by default), with ``on_progress(problems done)`` after each chunk."""
     prompts = [encode_user_message(tokenizer, solution_prompt(p.prompt, template)) for p in problems]
-    groups = engine.generate(prompts, samples_per_problem, params)
+    step = chunk_problems or len(prompts)
+    groups: list[list[Rollout]] = []
+    for start in range(0, len(prompts), step):
+        groups += engine.generate(prompts[start : start + step], samples_per_problem, params)
+        if on_progress is not None:
+            on_progress(len(groups))
     scores: list[float] = []
     by_level: dict[str, list[float]] = defaultdict(list)
     tokens = 0

@@ -5,7 +5,6 @@ Every plotting function writes one PNG and returns its path.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from masa.eval.meta_metrics import CalibrationRow, CutoffAnalysis, GatingScore, pearson
+from masa.runfiles import atomic_writer, read_jsonl
 from masa.tracking import METRICS_FILE
 
 TRAINING_CURVE_KEYS = (
@@ -43,25 +43,6 @@ TRAINING_CURVE_KEYS = (
 
 _DPI = 110
 _PANEL_COLUMNS = 3
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; a corrupt line (say, from a killed writer) is skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number}: skipping a line that is not JSON", stacklevel=2)
-                continue
-            if not isinstance(row, dict):
-                warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object", stacklevel=2)
-                continue
-            rows.append(row)
-    return rows
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -270,8 +251,8 @@ def _saved_figure(path: str | os.PathLike[str], *, figsize: tuple[float, float])
     fig = plt.figure(figsize=figsize, layout="constrained")
     try:
         yield fig
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=_DPI, format="png")
+        with atomic_writer(path, "wb") as stream:
+            fig.savefig(stream, dpi=_DPI, format="png")
     finally:
         plt.close(fig)
 

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -59,6 +58,7 @@ from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rollout.engine import HFEngine, RolloutEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.runfiles import append_jsonl, write_text
 from masa.tracking import progress_bar
 from masa.verify import check_answers
 
@@ -262,14 +262,13 @@ def evaluate_benchmark(
     counters = _Counters()
     per_problem = max(settings.n, settings.meta_n if settings.meta else 0)
     batch_size = max(1, settings.max_batch_sequences // per_problem)
-    with progress_bar(console) as progress, (out / PROBLEMS_FILE).open("a", encoding="utf-8") as sink:
+    with progress_bar(console) as progress:
         task = progress.add_task(name, total=len(problems), completed=len(problems) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            for row in _evaluate_batch(engine, tokenizer, batch, settings, counters):
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                saved[row["id"]] = row
-            sink.flush()
+            finished = _evaluate_batch(engine, tokenizer, batch, settings, counters)
+            append_jsonl(out / PROBLEMS_FILE, finished)
+            saved.update((row["id"], row) for row in finished)
             progress.advance(task, len(batch))
 
     rows = [saved[i] for i in ids]
@@ -298,7 +297,7 @@ def write_results(
     document = {"settings": settings.to_dict(), "benchmarks": {r.name: r.to_dict() for r in results}}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    write_text(target, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     return target
 
 
@@ -580,7 +579,7 @@ def _prepare_out_dir(out: Path, settings: EvalSettings, resume: bool) -> dict[st
     problems_path = out / PROBLEMS_FILE
     saved = _load_rows(problems_path) if resume and problems_path.is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / SETTINGS_FILE, json.dumps(settings.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_text(out / SETTINGS_FILE, json.dumps(settings.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return saved
 
 
@@ -617,16 +616,5 @@ def _load_rows(path: Path) -> dict[str, dict[str, Any]]:
         else:
             damaged = True
     if damaged:
-        _atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows.values()))
+        write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows.values()))
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
