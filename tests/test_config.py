@@ -62,3 +62,24 @@ def test_missing_or_malformed_config_file(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="allowed: smollm2-arith, tiny"):
         load_config("huge")
+
+
+def test_paper_preset_restores_the_papers_formulation_and_explicit_keys_win():
+    from masa.config import load_config
+
+    new = load_config("tiny")
+    paper = load_config("tiny", overrides=["meta.preset=paper"])
+    assert (new.meta.loss_aggregation, new.meta.pass_rate_reward, new.efficient.switch) == (
+        "per_kind",
+        "brier",
+        "calibration",
+    )
+    assert (paper.meta.loss_aggregation, paper.meta.loss_weight, paper.meta.pass_rate_reward) == (
+        "joint",
+        1.0,
+        "exp",
+    )
+    assert paper.meta.scale_advantages and not paper.efficient.grade_cutoff
+    assert paper.efficient.switch == "steps"
+    mixed = load_config("tiny", overrides=["meta.preset=paper", "meta.pass_rate_reward=log"])
+    assert mixed.meta.pass_rate_reward == "log" and mixed.meta.loss_aggregation == "joint"

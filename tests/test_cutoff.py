@@ -49,3 +49,15 @@ def test_decimal_factor_has_no_float_noise():
 def test_invalid_settings(kwargs):
     with pytest.raises(ValueError):
         limit([100], **kwargs)
+
+
+def test_a_cut_rollout_that_already_answered_is_graded():
+    from masa.rewards import solution_rewards
+    from masa.rollout.types import FinishReason
+
+    texts = ["so it is \\boxed{12} and then I keep going on and", "first 12 then more", "\\boxed{12"]
+    cut = [FinishReason.CUTOFF] * 3
+    # A closed box counts; a bare number mid-reasoning and an unclosed box do not.
+    assert solution_rewards(texts, cut, "12") == [1.0, 0.0, 0.0]
+    assert solution_rewards(texts, cut, "12", grade_cutoff=False) == [0.0, 0.0, 0.0]
+    assert solution_rewards(texts[1:2], [FinishReason.STOP], "12") == [1.0]

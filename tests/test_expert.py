@@ -122,3 +122,17 @@ def test_json_only_target_is_the_json_line_alone():
     assert target == '{"math_notion": ["a"], "pass_rate": 4, "solution_length": 20}'
     pred = parse_meta_prediction(target)
     assert (pred.notions, pred.pass_rate, pred.solution_length) == (["a"], 4, 20)
+
+
+def test_fallback_keeps_the_best_sampled_notions_instead_of_an_empty_list():
+    from masa.meta.expert import fallback_notions
+
+    preds = [
+        MetaPrediction(notions=[]),
+        MetaPrediction(notions=["carry"]),
+        NONE,
+        MetaPrediction(notions=["sum"]),
+    ]
+    assert fallback_notions(preds, [0.0, 0.1, 0.0, 0.1]) == ["carry"]  # tie: the earliest
+    assert fallback_notions(preds, [0.0, 0.0, 0.0, 0.15]) == ["sum"]
+    assert fallback_notions([NONE, MetaPrediction(notions=[])], [0.0, 0.0]) == []

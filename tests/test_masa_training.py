@@ -55,6 +55,7 @@ def _config(tmp_path, name, *overrides):
             "meta.max_new_tokens=48",
             "efficient.cutoff_min_tokens=4",
             "efficient.audit_fraction=0",
+            "efficient.switch=steps",
             *overrides,
         ],
     )
@@ -125,7 +126,8 @@ def test_meta_rollouts_sample_and_train_at_meta_temperature(tmp_path, monkeypatc
 
 def test_meta_advantages_are_the_group_normalised_meta_rewards(tmp_path, monkeypatch):
     seen = _record_updates(monkeypatch)
-    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]")
+    # The paper's formulation: exp pass-rate reward, std-scaled meta advantages.
+    trainer = _trainer(tmp_path, "masa", "data.arithmetic_levels=[4]", "meta.preset=paper")
     trainer.train_step()
     metas = [s for s in seen[0] if s.kind == "meta"]
     # Level 4: 2 of 4 solutions right (p = 0.5) and lengths equal; predictions 1/8, 4/8, 7/8 of the way,
@@ -201,7 +203,7 @@ def test_expert_sft_is_a_weighted_term_of_the_same_update(tmp_path, monkeypatch)
         trainer.step = step
         log = trainer.train_step()
     assert log["update/tokens_expert"] > 0
-    assert nll() < start - 0.5
+    assert nll() < start - 0.25
 
 
 def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_path, monkeypatch):
@@ -294,3 +296,22 @@ def test_resumed_masa_efficient_run_makes_the_same_gating_decisions(tmp_path):
     assert [{k: m.get(k) for k in keys} for m in split_metrics] == [
         {k: m.get(k) for k in keys} for m in full_metrics
     ]
+
+
+def test_calibration_switch_starts_gating_once_predictions_know_the_problems(tmp_path):
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.switch=calibration",
+        "efficient.switch_window=2",
+        "data.arithmetic_levels=[1,4,5]",
+    )
+    logs = []
+    for step in range(3):
+        trainer.step = step
+        logs.append(trainer.train_step())
+    # Scripted predictions are right (8/8 on level 1, 0/8 on level 5, about 4/8 on level 4): after the
+    # two-step window the direction-aware precision and Pearson pass their bars, and gating begins.
+    assert [log["stage/sequential"] for log in logs] == [0.0, 0.0, 1.0]
+    assert logs[1]["switch/precision_direction"] == 1.0 and logs[1]["switch/pearson"] > 0.9
+    assert logs[0]["gate/shadow_precision_direction"] == 1.0

@@ -123,6 +123,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="ask for <meta> reasoning before the JSON (meta.reasoning; default on)",
     )
+    p.add_argument(
+        "--meta-no-notions",
+        dest="meta_notions",
+        action="store_false",
+        help="meta prompt without the notion field (a model trained on a task without notions)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -169,6 +175,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         meta_n=args.meta_n,
         meta_prompt=args.meta_prompt,
         meta_reasoning=args.meta_reasoning,
+        meta_notions=args.meta_notions,
         answer_fallback=args.answer_fallback,
         max_batch_sequences=args.batch_size,
         engine=args.engine,

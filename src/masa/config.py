@@ -143,6 +143,10 @@ class AlgoConfig:
 class MetaConfig:
     """MASA's meta-prediction path (used by algo.name=masa and masa-efficient)."""
 
+    preset: Literal["default", "paper"] = "default"
+    """paper: the paper's formulation (PAPER_FORMULATION: one token-mean over both kinds, the exp pass-rate
+    reward with std-scaled advantages, cut rollouts scored 0, a step-count stage switch); keys set
+    explicitly still win."""
     n: int = 8
     """Meta rollouts per problem (M)."""
     max_new_tokens: int = 96
@@ -160,12 +164,25 @@ class MetaConfig:
     """Lower end of the solution_length range the prompt states (upper end: rollout.max_new_tokens)."""
     notion_word: str = "math_notion"
     """JSON key for the predicted concepts; other domains can rename it."""
+    notions: bool | None = None
+    """Whether the task has notions to predict. false: the notion field leaves the prompt and the expert
+    targets and its reward weight is 0. null (auto): false for the built-in arithmetic task (its problems
+    name every concept they use), true otherwise."""
+    pass_rate_reward: Literal["exp", "brier", "log"] = "brier"
+    """exp: the paper's b ** |p - p_hat| (not a proper scoring rule; its optimum is the commonest outcome).
+    brier: 1 - (p - p_hat)^2. log: mean log-likelihood of the outcomes. Both are maximised by the true rate."""
     reward_base: float = 0.01
-    """Pass-rate reward base b in b ** |p - p_hat|."""
+    """Pass-rate reward base b in b ** |p - p_hat| (pass_rate_reward=exp)."""
+    scale_advantages: bool = False
+    """Divide meta advantages by the group std; false: mean-centred only, so a group differing only in a
+    small pass-rate term gets a small advantage rather than a full +-1."""
+    field_credit: bool = False
+    """Give each reward component's advantage to the tokens of its own JSON field (the rest of the output
+    gets the combined advantage)."""
     weight_length: float = 1.0
     weight_pass_rate: float = 1.0
     weight_notion: float = 1.0
-    loss_weight: float = 1.0
+    loss_weight: float = 0.2
     """w in L = L_solution + w * L_meta (each the token-mean of its own kind; 0: no meta gradient)."""
     loss_aggregation: Literal["per_kind", "joint"] = "per_kind"
     """per_kind: the budget above. joint: one token-mean over solution and meta tokens together (the paper's
@@ -190,12 +207,18 @@ class MetaConfig:
 class EfficientConfig:
     """MASA-efficient: the sequential stage with predictive gating and early cutoff."""
 
-    switch: Literal["steps", "precision"] = "steps"
-    """Enter the sequential stage after warmup_steps, or once shadow gating precision holds up."""
+    switch: Literal["steps", "precision", "calibration"] = "calibration"
+    """When the sequential stage starts. steps: after warmup_steps (the paper). precision: once the shadow
+    gate's zero-variance precision reaches switch_precision for switch_patience steps. calibration: once,
+    over the last switch_window steps, the shadow gate's direction-aware precision reaches switch_precision
+    and the Pearson correlation of predicted with actual pass rates reaches switch_pearson."""
     warmup_steps: int = 10
     switch_precision: float = 0.8
     switch_patience: int = 3
     """Consecutive steps the shadow precision must reach switch_precision (switch=precision)."""
+    switch_window: int = 5
+    """Steps the calibration switch looks back over."""
+    switch_pearson: float = 0.5
     gate_sigma: float = 0.1
     gate_tolerance: float = 0.0625
     """Gate when the mean predicted pass rate is within this of 0 or 1."""
@@ -207,6 +230,8 @@ class EfficientConfig:
     cutoff_factor: float = 2.0
     cutoff_min_tokens: int = 16
     cutoff_aggregate: Literal["median", "mean", "max"] = "median"
+    grade_cutoff: bool = True
+    """Grade a rollout stopped at its cutoff when it already holds a closed \\boxed{} (false: 0, the paper)."""
     notion_hints: bool = False
     """Append the predicted concepts to the solution prompt in the sequential stage."""
 
@@ -226,8 +251,8 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "masa"
     grad_stats_every: int = 10
-    """Every this many steps, log each kind's gradient norm and their cosine (0: never; costs two
-    gradient copies on those steps)."""
+    """Every this many steps, log each kind's gradient norm and their cosine (0: never; holds a copy of
+    the gradients per kind on those steps)."""
 
 
 @dataclass
@@ -249,6 +274,19 @@ class Config:
 
 
 PRESETS = ("smollm2-arith", "tiny")
+
+PAPER_FORMULATION: dict[str, dict[str, Any]] = {
+    "meta": {
+        "loss_aggregation": "joint",
+        "loss_weight": 1.0,
+        "pass_rate_reward": "exp",
+        "scale_advantages": True,
+        "field_credit": False,
+        "notions": True,
+    },
+    "efficient": {"switch": "steps", "grade_cutoff": False},
+}
+"""What ``meta.preset=paper`` sets: the paper's choices where masa's defaults differ (docs/decisions.md)."""
 
 
 def load_config(
@@ -302,7 +340,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+def task_has_notions(cfg: Config) -> bool:
+    """Whether meta predictions include notions for this run's task (``meta.notions``)."""
+    if cfg.meta.notions is None:
+        return cfg.data.train != "arithmetic"
+    return cfg.meta.notions
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
+    meta = data.get("meta")
+    if isinstance(meta, dict) and meta.get("preset") == "paper":
+        merged: dict[str, Any] = {section: dict(values) for section, values in PAPER_FORMULATION.items()}
+        _deep_update(merged, data)
+        data = merged
     return _build(Config, data, "").validate()
 
 
@@ -463,6 +513,8 @@ def _check_values(cfg: Config) -> None:
     _require(e.warmup_steps >= 0, "efficient.warmup_steps", ">= 0", e.warmup_steps)
     _require(0 < e.switch_precision <= 1, "efficient.switch_precision", "in (0, 1]", e.switch_precision)
     _require(e.switch_patience >= 1, "efficient.switch_patience", ">= 1", e.switch_patience)
+    _require(e.switch_window >= 1, "efficient.switch_window", ">= 1", e.switch_window)
+    _require(-1 <= e.switch_pearson <= 1, "efficient.switch_pearson", "in [-1, 1]", e.switch_pearson)
     _require(e.gate_sigma > 0, "efficient.gate_sigma", "> 0", e.gate_sigma)
     _require(0 <= e.gate_tolerance < 0.5, "efficient.gate_tolerance", "in [0, 0.5)", e.gate_tolerance)
     _require(e.gate_min_parsed >= 1, "efficient.gate_min_parsed", ">= 1", e.gate_min_parsed)

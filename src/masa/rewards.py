@@ -16,12 +16,17 @@ def solution_rewards(
     *,
     fallback: Literal["last_number", "none"] = "last_number",
     timeout_s: float = 2.0,
+    grade_cutoff: bool = True,
 ) -> list[float]:
-    """Cut-off rollouts score 0 without being checked: they were stopped before any final answer, and a
-    number that happens to appear mid-reasoning must not count as one."""
-    return [
-        0.0
-        if reason is FinishReason.CUTOFF
-        else float(check_answer(text, reference, timeout_s=timeout_s, fallback=fallback))
-        for text, reason in zip(texts, finish_reasons, strict=True)
-    ]
+    """A cut-off rollout is graded on a closed ``\\boxed{}`` alone (no fallback): it may have answered and
+    then rambled on, but a number that happens to appear mid-reasoning must not count as an answer. With
+    ``grade_cutoff`` false it scores 0 unchecked (the paper)."""
+
+    def grade(text: str, reason: FinishReason) -> float:
+        if reason is not FinishReason.CUTOFF:
+            return float(check_answer(text, reference, timeout_s=timeout_s, fallback=fallback))
+        if not grade_cutoff:
+            return 0.0
+        return float(check_answer(text, reference, timeout_s=timeout_s, fallback="none"))
+
+    return [grade(text, reason) for text, reason in zip(texts, finish_reasons, strict=True)]

@@ -23,21 +23,29 @@ from rich.progress import Progress
 from transformers.utils import logging as hf_logging
 
 from masa.advantages import group_advantages
-from masa.checkpoint import CHECKPOINTS_DIR, load_trainer_state, resume_point, rng_state, set_rng_state
-from masa.config import Config, ConfigError, config_from_dict
+from masa.checkpoint import (
+    CHECKPOINTS_DIR,
+    load_trainer_state,
+    resume_point,
+    rng_state,
+    set_rng_state,
+)
+from masa.config import Config, ConfigError, config_from_dict, task_has_notions
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
 from masa.distributed import NullWriter, SplitEngine, close_ranks, init_ranks
 from masa.efficient.cutoff import cutoff_limit
-from masa.efficient.gating import GateDecision, PredictiveGate
+from masa.efficient.gating import GATING_REASONS, GateDecision, PredictiveGate, gate_reason
+from masa.efficient.switch import CalibrationSwitch
 from masa.eval.heldout import heldout_accuracy
-from masa.eval.meta_metrics import would_gate
+from masa.eval.meta_metrics import gate_side_matches
 from masa.learner import Learner, weights_source
-from masa.meta.expert import build_expert_target, select_expert_meta
-from masa.meta.parse import parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt
+from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
+from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
+from masa.meta.parse import FIELDS, MetaPrediction, parse_meta_prediction
+from masa.meta.prompt import build_meta_prompt, is_example_copy
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
@@ -146,7 +154,10 @@ class Trainer:
         self.streams = RngStreams(config.train.seed)
         self.update_rng = self.streams.generator("update")
         mc, e = config.meta, config.efficient
-        self.meta_weights = MetaRewardWeights(mc.weight_length, mc.weight_pass_rate, mc.weight_notion)
+        self.notions = task_has_notions(config)
+        self.meta_weights = MetaRewardWeights(
+            mc.weight_length, mc.weight_pass_rate, mc.weight_notion if self.notions else 0.0
+        )
         self.gate = PredictiveGate(
             sigma=e.gate_sigma,
             tolerance=e.gate_tolerance,
@@ -156,6 +167,7 @@ class Trainer:
         )
         self.sequential_since: int | None = None
         self.shadow_streak = 0
+        self.calibration = CalibrationSwitch(e.switch_window, e.switch_precision, e.switch_pearson)
         self.expert_buffer: list[tuple[list[int], list[int]]] = []
         self.step = 0
         self.elapsed = 0.0
@@ -219,9 +231,7 @@ class Trainer:
 
         eps, scale = self.cfg.algo.adv_eps, self.cfg.algo.scale_advantages
         solution_adv = group_advantages(rewards, eps=eps, scale=scale)
-        meta_adv = group_advantages(
-            [[s.combined for s in group] for group in meta_scores], eps=eps, scale=scale
-        )
+        meta_adv = self._meta_advantages(metas, meta_scores)
         sequences = [
             TrainSequence(
                 r.prompt_ids,
@@ -239,10 +249,13 @@ class Trainer:
                 a,
                 kind="meta",
                 temperature=self.meta_sampling.temperature,
+                token_advantages=t,
                 sampler_logprobs=m.rollout.logprobs,
             )
-            for group, advantages in zip(metas, meta_adv.advantages, strict=False)
-            for m, a in zip(group, advantages, strict=True)
+            for group, advantages, per_token in zip(
+                metas, meta_adv.advantages, meta_adv.token_advantages, strict=False
+            )
+            for m, a, t in zip(group, advantages, per_token, strict=True)
         ]
         expert_log: dict[str, float] = {}
         if masa and self.cfg.meta.expert_sft:
@@ -256,11 +269,11 @@ class Trainer:
         finished = time.perf_counter()
 
         if sequential:
-            for decision, group_is_flat in zip(decisions, solution_adv.zero_variance, strict=True):
-                self.gate.record_outcome(decision, group_is_flat)
+            for decision, group_is_flat, st in zip(decisions, solution_adv.zero_variance, stats, strict=True):
+                self.gate.record_outcome(decision, group_is_flat, st.pass_rate)
             gate_log.update(self._gate_metrics())
-        elif masa and self.cfg.algo.name == "masa-efficient":
-            gate_log.update(self._shadow_gate(metas, solution_adv.zero_variance))
+        elif masa:
+            gate_log.update(self._shadow_gate(metas, solution_adv.zero_variance, stats))
         self._log_predictions(problems, metas, stats, decisions, sequential)
 
         rollouts = [r for g in groups for r in g]
@@ -291,9 +304,14 @@ class Trainer:
             **gate_log,
         }
         if masa:
-            log.update(meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale))
+            log.update(
+                meta_step_metrics(metas, meta_scores, stats, self.cfg.meta.pass_rate_scale, self.notions)
+            )
             log["meta/token_share"] = meta_tokens / max(solution_tokens + meta_tokens, 1)
             log["groups/meta_zero_variance_fraction"] = _mean([float(z) for z in meta_adv.zero_variance])
+            log["groups/meta_pass_constant_fraction"] = _mean(
+                [float(z) for z in meta_adv.pass_component_constant]
+            )
         if limits is not None:
             cut = [r for r in rollouts if r.finish_reason is FinishReason.CUTOFF]
             log["cutoff/cut_fraction"] = len(cut) / max(len(rollouts), 1)
@@ -322,6 +340,7 @@ class Trainer:
             notion_word=mc.notion_word,
             style=mc.prompt,
             reasoning=mc.reasoning,
+            notions=self.notions,
         )
         return encode_user_message(self.tokenizer, text)
 
@@ -337,6 +356,7 @@ class Trainer:
             problem.answer,
             fallback=self.cfg.data.answer_fallback,
             timeout_s=self.cfg.data.verify_timeout_s,
+            grade_cutoff=self.cfg.efficient.grade_cutoff,
         )
 
     def _meta_rollouts(self, problems: list[Problem]) -> list[list[MetaRollout]]:
@@ -348,11 +368,24 @@ class Trainer:
         )
         return [
             [
-                MetaRollout(r, text, parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale))
+                MetaRollout(r, text, self._parse_meta(text))
                 for r, text in zip(group, self._decode(group), strict=True)
             ]
             for group in groups
         ]
+
+    def _parse_meta(self, text: str) -> MetaPrediction:
+        mc = self.cfg.meta
+        pred = parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale)
+        copied = is_example_copy(
+            pred.notions,
+            pred.pass_rate,
+            pred.solution_length,
+            pass_rate_scale=mc.pass_rate_scale,
+            max_response_tokens=self.cfg.rollout.max_new_tokens,
+            min_length=mc.min_length,
+        )
+        return MetaPrediction(reasons=dict.fromkeys(FIELDS, "copied the prompt example")) if copied else pred
 
     def _meta_rewards(self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats) -> list:
         mc = self.cfg.meta
@@ -364,9 +397,28 @@ class Trainer:
                 scale=mc.pass_rate_scale,
                 base=mc.reward_base,
                 weights=self.meta_weights,
+                pass_rate_kind=mc.pass_rate_reward,
             )
             for m in metas
         ]
+
+    def _meta_advantages(self, metas: list[list[MetaRollout]], scores: list[list]) -> MetaAdvantages:
+        mc = self.cfg.meta
+
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)  # as MetaRollout.text is decoded
+
+        return meta_advantages(
+            scores,
+            weights=self.meta_weights,
+            eps=self.cfg.algo.adv_eps,
+            scale=mc.scale_advantages,
+            field_credit=mc.field_credit,
+            texts=[[m.text for m in group] for group in metas],
+            char_ends=[[token_char_ends(m.rollout.completion_ids, decode) for m in group] for group in metas]
+            if mc.field_credit
+            else [],
+        )
 
     def _predict_and_gate(
         self, problems: list[Problem]
@@ -435,6 +487,7 @@ class Trainer:
         if self.sequential_since is None and (
             (e.switch == "steps" and self.step >= e.warmup_steps)
             or (e.switch == "precision" and self.shadow_streak >= e.switch_patience)
+            or (e.switch == "calibration" and self.calibration.ready())
         ):
             self.sequential_since = self.step
             self.console.print(
@@ -442,21 +495,38 @@ class Trainer:
             )
         return self.sequential_since is not None
 
-    def _shadow_gate(self, metas: list[list[MetaRollout]], zero_variance: list[bool]) -> dict[str, float]:
-        """In the parallel stage, what the gate would have decided, scored against the real outcomes."""
+    def _shadow_gate(
+        self, metas: list[list[MetaRollout]], zero_variance: list[bool], stats: list[SolutionStats]
+    ) -> dict[str, float]:
+        """In the parallel stage, what the gate would have decided, scored against the real outcomes.
+
+        Zero-variance precision counts any gate of a flat group; the direction-aware one also needs the
+        predicted side (unsolvable / trivial) to be the outcome's (all wrong / all right).
+        """
         e = self.cfg.efficient
-        would = [
-            would_gate([self._fraction(m) for m in group], e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)
-            for group in metas
-        ]
+        fractions = [[f for m in group if (f := self._fraction(m)) is not None] for group in metas]
+        reasons = [gate_reason(f, e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)[0] for f in fractions]
+        would = [r in GATING_REASONS for r in reasons]
+        actual = [st.pass_rate for st in stats]
         hits = sum(w and z for w, z in zip(would, zero_variance, strict=True))
+        right_side = sum(
+            w and z and gate_side_matches(r, a)
+            for w, z, r, a in zip(would, zero_variance, reasons, actual, strict=True)
+        )
         precision = hits / sum(would) if any(would) else math.nan
         self.shadow_streak = self.shadow_streak + 1 if precision >= e.switch_precision else 0
-        return {
+        log = {
             "gate/shadow_gated_fraction": sum(would) / max(len(would), 1),
             "gate/shadow_precision": precision,
             "gate/shadow_recall": hits / sum(zero_variance) if any(zero_variance) else math.nan,
+            "gate/shadow_precision_direction": right_side / sum(would) if any(would) else math.nan,
+            "gate/shadow_recall_direction": right_side / sum(zero_variance)
+            if any(zero_variance)
+            else math.nan,
         }
+        predicted = [sum(f) / len(f) if f else None for f in fractions]
+        log.update(self.calibration.observe(predicted, actual, reasons))
+        return log
 
     def _gate_metrics(self) -> dict[str, float]:
         window = self.gate.metrics()
@@ -468,6 +538,11 @@ class Trainer:
             "gate/precision_cumulative": total["precision"],
             "gate/recall_cumulative": total["recall"],
             "gate/f1_cumulative": total["f1"],
+            "gate/precision_direction": window["precision_direction"],
+            "gate/recall_direction": window["recall_direction"],
+            "gate/precision_direction_cumulative": total["precision_direction"],
+            "gate/recall_direction_cumulative": total["recall_direction"],
+            "gate/f1_direction_cumulative": total["f1_direction"],
         }
 
     def _expert_sequences(
@@ -500,15 +575,17 @@ class Trainer:
         if best is None and not mc.expert_fallback:
             return None
         chosen = metas[best] if best is not None else None
+        predictions = [m.prediction for m in metas]
         text = build_expert_target(
             chosen.text if chosen else None,
             stats,
-            chosen.prediction.notions if chosen else None,
+            chosen.prediction.notions if chosen else fallback_notions(predictions, notion_scores),
             scale=mc.pass_rate_scale,
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
             notion_word=mc.notion_word,
             reasoning=mc.reasoning,
+            with_notions=self.notions,
         )
         target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return self._meta_ids(problem), target
@@ -589,6 +666,7 @@ class Trainer:
             "gate": self.gate.state_dict(),
             "sequential_since": self.sequential_since,
             "shadow_streak": self.shadow_streak,
+            "calibration_switch": self.calibration.state_dict(),
             "expert_buffer": self.expert_buffer,
         }
 
@@ -601,6 +679,7 @@ class Trainer:
         self.gate.load_state_dict(state["gate"])
         self.sequential_since = state["sequential_since"]
         self.shadow_streak = state["shadow_streak"]
+        self.calibration.load_state_dict(state["calibration_switch"])
         self.expert_buffer = state["expert_buffer"]
         per_rank = state["rank_rng"]
         if len(per_rank) == self.ranks.world:

@@ -15,6 +15,10 @@ Online quality (spec section 5): a random ``audit_fraction`` of gated problems i
   all gated problems: TP ~= gated * precision. Counting only audited hits would bias recall down by the
   audit fraction. The ratio makes the estimate consistent rather than exactly unbiased; it is exact when
   ``audit_fraction`` is 1. Undefined metrics are NaN so that the logged keys stay the same every step.
+- Direction-aware precision/recall (when outcomes come with their pass rate) count an audited gate as a
+  hit only when its side is the outcome's: predicted unsolvable and all wrong, or trivial and all right.
+  A collapsed predictor that calls everything unsolvable scores well on the zero-variance precision
+  wherever most groups are flat, but not on this one.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class _Counts:
     gated: int = 0
     audited: int = 0
     audit_hits: int = 0  # audited and truly zero-variance
+    audit_direction_hits: int = 0  # audited, zero-variance, and on the predicted side
     ungated_observed: int = 0
     missed: int = 0  # un-gated but truly zero-variance
 
@@ -117,13 +122,20 @@ class PredictiveGate:
             counts.audited += audited
         return GateDecision(gated, audited, reason, mean, std, len(parsed))
 
-    def record_outcome(self, decision: GateDecision, truly_zero_variance: bool) -> None:
-        """Report whether a rolled-out problem's solution group had zero variance."""
+    def record_outcome(
+        self, decision: GateDecision, truly_zero_variance: bool, pass_rate: float | None = None
+    ) -> None:
+        """Report whether a rolled-out problem's solution group had zero variance, and its pass rate."""
         if not decision.rolled_out:
             raise ValueError("a gated, un-audited problem was never rolled out: it has no outcome")
+        side_matches = pass_rate is not None and (
+            (decision.reason is GateReason.PREDICTED_UNSOLVABLE and pass_rate == 0.0)
+            or (decision.reason is GateReason.PREDICTED_TRIVIAL and pass_rate == 1.0)
+        )
         for counts in (self._window, self._total):
             if decision.gated:
                 counts.audit_hits += truly_zero_variance
+                counts.audit_direction_hits += truly_zero_variance and side_matches
             else:
                 counts.ungated_observed += 1
                 counts.missed += truly_zero_variance
@@ -135,11 +147,16 @@ class PredictiveGate:
         true_positives = c.gated * precision if c.gated else 0.0
         found = true_positives + c.missed
         recall = true_positives / found if found else math.nan
+        precision_direction = c.audit_direction_hits / c.audited if c.audited else math.nan
+        recall_direction = (c.gated * precision_direction if c.gated else 0.0) / found if found else math.nan
         return {
             "gate_rate": c.gated / c.decisions if c.decisions else math.nan,
             "precision": precision,
             "recall": recall,
             "f1": _f1(precision, recall),
+            "precision_direction": precision_direction,
+            "recall_direction": recall_direction,
+            "f1_direction": _f1(precision_direction, recall_direction),
             **{f"n_{name}": float(value) for name, value in asdict(c).items()},
         }
 
@@ -158,6 +175,7 @@ class PredictiveGate:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = state["rng"]
         self._rng.setstate((rng["version"], tuple(rng["internal"]), rng["gauss_next"]))
+        # Checkpoints written before direction-aware counts existed load with those counts at 0.
         self._window = _Counts(**state["window"])
         self._total = _Counts(**state["total"])
 

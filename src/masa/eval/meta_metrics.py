@@ -13,7 +13,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from masa.efficient.gating import GATING_REASONS, gate_reason
+from masa.efficient.gating import GATING_REASONS, GateReason, gate_reason
 
 
 class PassRateAlignment(TypedDict):
@@ -41,6 +41,11 @@ class GatingScore:
     f1: float | None
     gated: int
     positives: int
+    # Direction-aware: a gate is right only when its side matches (predicted unsolvable and all solutions
+    # wrong, or predicted trivial and all right). None without actual pass rates.
+    precision_direction: float | None = None
+    recall_direction: float | None = None
+    f1_direction: float | None = None
 
 
 class CutoffEffect(TypedDict):
@@ -166,6 +171,13 @@ def would_gate(
     return reason in GATING_REASONS
 
 
+def gate_side_matches(reason: GateReason, actual_pass_rate: float) -> bool:
+    """Whether a gate's side is the outcome's: unsolvable and all wrong, or trivial and all right."""
+    return (reason is GateReason.PREDICTED_UNSOLVABLE and actual_pass_rate == 0.0) or (
+        reason is GateReason.PREDICTED_TRIVIAL and actual_pass_rate == 1.0
+    )
+
+
 def gating_scores(
     per_problem_predictions: Sequence[Sequence[float | None]],
     truly_zero_variance: Sequence[bool],
@@ -173,16 +185,40 @@ def gating_scores(
     *,
     tolerance: float = 0.0,
     min_parsed: int = 2,
+    actual_pass_rates: Sequence[float] | None = None,
 ) -> list[GatingScore]:
-    """Precision, recall and F1 of the gate against the problems whose solution group had no variance."""
+    """Precision, recall and F1 of the gate against the problems whose solution group had no variance.
+
+    The zero-variance scores count a problem predicted 0/8 that came out 8/8 as a correct gate (its group
+    carried no signal either way); with ``actual_pass_rates`` the direction-aware scores also need the
+    predicted side to be the outcome's, which is what shows that the predictions know the problem.
+    """
     _check_same_length(per_problem_predictions, truly_zero_variance)
     positives = sum(truly_zero_variance)
     scores = []
     for sigma in sigmas:
-        gated = [would_gate(preds, sigma, tolerance, min_parsed) for preds in per_problem_predictions]
+        reasons = [
+            gate_reason([p for p in preds if p is not None], sigma, tolerance, min_parsed)[0]
+            for preds in per_problem_predictions
+        ]
+        gated = [reason in GATING_REASONS for reason in reasons]
         hits = sum(g and z for g, z in zip(gated, truly_zero_variance, strict=True))
         precision = hits / sum(gated) if any(gated) else None
         recall = hits / positives if positives else None
+        direction: dict[str, float | None] = {}
+        if actual_pass_rates is not None:
+            _check_same_length(per_problem_predictions, actual_pass_rates)
+            right = sum(
+                g and gate_side_matches(r, a)
+                for g, r, a in zip(gated, reasons, actual_pass_rates, strict=True)
+            )
+            p_dir = right / sum(gated) if any(gated) else None
+            r_dir = right / positives if positives else None
+            direction = {
+                "precision_direction": p_dir,
+                "recall_direction": r_dir,
+                "f1_direction": _f1(p_dir, r_dir),
+            }
         scores.append(
             GatingScore(
                 sigma=sigma,
@@ -191,6 +227,7 @@ def gating_scores(
                 f1=_f1(precision, recall),
                 gated=sum(gated),
                 positives=positives,
+                **direction,
             )
         )
     return scores

@@ -122,6 +122,8 @@ class EvalSettings:
     notion_word: str = MetaConfig.notion_word
     meta_prompt: str = MetaConfig.prompt
     meta_reasoning: bool = MetaConfig.reasoning
+    meta_notions: bool = True
+    """Ask for notions in the meta prompt (false: as trained on a task without notions)."""
     gate_tolerance: float = EfficientConfig.gate_tolerance
     gate_min_parsed: int = EfficientConfig.gate_min_parsed
     max_batch_sequences: int = 64
@@ -326,12 +328,23 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
         meta = Table(
             title="meta-awareness",
             caption=(
-                f"gate F1 at sigma {_TABLE_GATE_SIGMA:g}; cut: correct solutions a "
+                f"gate F1 at sigma {_TABLE_GATE_SIGMA:g} (dir: the predicted side must match the outcome); "
+                f"cut: correct solutions a "
                 f"{_TABLE_CUTOFF_FACTOR:g}x predicted-length cutoff would stop, of all correct"
             ),
         )
         meta.add_column("benchmark", no_wrap=True)
-        for column in ("parsed", "pass MAE", "Pearson", "Spearman", "len hit", "notion", "gate F1", "cut"):
+        for column in (
+            "parsed",
+            "pass MAE",
+            "Pearson",
+            "Spearman",
+            "len hit",
+            "notion",
+            "gate F1",
+            "gate F1 dir",
+            "cut",
+        ):
             meta.add_column(column, justify="right")
         for r in with_meta:
             m = r.meta or {}
@@ -346,6 +359,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
                 _fmt(m["length_hit_rate"]),
                 _fmt(m["notion_reward"]),
                 _fmt(gate["f1"] if gate else None),
+                _fmt(gate.get("f1_direction") if gate else None),
                 f"{cut['killed_correct']}/{m['cutoff']['n_correct']}" if cut else "-",
             )
         tables.append(meta)
@@ -427,6 +441,7 @@ def _meta_prompt(problem: Problem, settings: EvalSettings) -> str:
         notion_word=settings.notion_word,
         style=settings.meta_prompt,
         reasoning=settings.meta_reasoning,
+        notions=settings.meta_notions,
     )
 
 
@@ -510,6 +525,7 @@ class _MetaView:
             GATING_SIGMAS,
             tolerance=self.settings.gate_tolerance,
             min_parsed=self.settings.gate_min_parsed,
+            actual_pass_rates=self.actual_pass,
         )
 
     def cutoff(self) -> CutoffAnalysis:

@@ -45,6 +45,15 @@ def select_expert_meta(
     return max(eligible, key=lambda i: (notion_scores[i], _META_BLOCK.search(meta_texts[i]) is not None, -i))
 
 
+def fallback_notions(predictions: list[MetaPrediction], notion_scores: list[float]) -> list[str]:
+    """The notions a fallback target keeps: those of the best-scoring rollout that stated any (earliest on
+    ties), so the target does not teach an empty list when the rollouts named concepts below the bar."""
+    stated = [i for i, p in enumerate(predictions) if p.notions]
+    if not stated:
+        return []
+    return list(predictions[max(stated, key=lambda i: (notion_scores[i], -i))].notions or [])
+
+
 def build_expert_target(
     meta_text: str | None,
     stats: SolutionStats,
@@ -55,8 +64,10 @@ def build_expert_target(
     min_length: int = DEFAULT_MIN_LENGTH,
     notion_word: str = "math_notion",
     reasoning: bool = True,
+    with_notions: bool = True,
 ) -> str:
-    """The SFT completion for a meta prompt: kept (or generic) reasoning, then the true statistics as JSON.
+    """The SFT completion for a meta prompt: kept (or generic) reasoning, then the true statistics as JSON
+    (without the notion key when the task has no notions).
 
     pass_rate = round(p * scale), half up; solution_length = median length of the correct rollouts (of all
     rollouts when none is correct), half up, clamped to the prompt's length range. With ``reasoning=False``
@@ -66,7 +77,8 @@ def build_expert_target(
     # Exact integer form of floor(c * scale / G + 1/2): no float rounding at the .5 boundaries.
     pass_rate = (2 * stats.num_correct * scale + stats.num_rollouts) // (2 * stats.num_rollouts)
     length = _median_half_up(stats.correct_lengths or stats.lengths)
-    answer = render_meta_json(notions or [], pass_rate, min(max(length, low), high), notion_word=notion_word)
+    kept = (notions or []) if with_notions else None
+    answer = render_meta_json(kept, pass_rate, min(max(length, low), high), notion_word=notion_word)
     if not reasoning:
         return answer
     block = _META_BLOCK.search(meta_text) if meta_text is not None else None

@@ -307,3 +307,8 @@ def _notions(raw: object) -> tuple[list[str] | None, str]:
     if raw and not kept:
         return None, f"no usable items: {_preview(raw)}"
     return kept, ""
+
+
+def field_of_key(key: str) -> str | None:
+    """Which prediction field a JSON key names, in any spelling the parser accepts; None for none."""
+    return next(iter(_recognised_fields({key: None})), None)

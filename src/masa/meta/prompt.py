@@ -62,12 +62,13 @@ def length_bounds(min_length: int, max_response_tokens: int) -> tuple[int, int]:
 
 
 def render_meta_json(
-    notions: list[str], pass_rate: int, solution_length: int, *, notion_word: str = "math_notion"
+    notions: list[str] | None, pass_rate: int, solution_length: int, *, notion_word: str = "math_notion"
 ) -> str:
-    """The canonical one-line JSON of a meta prediction, in the key order the prompt shows."""
+    """The canonical one-line JSON of a meta prediction, in the key order the prompt shows (no notion key
+    for ``notions=None``: a task without notions)."""
+    fields = {} if notions is None else {notion_word: list(notions)}
     return json.dumps(
-        {notion_word: list(notions), "pass_rate": pass_rate, "solution_length": solution_length},
-        ensure_ascii=False,
+        {**fields, "pass_rate": pass_rate, "solution_length": solution_length}, ensure_ascii=False
     )
 
 
@@ -81,6 +82,7 @@ def build_meta_prompt(
     style: str = "paper",
     reasoning: bool = True,
     template: str | None = None,
+    notions: bool = True,
 ) -> str:
     """The user-message text of the meta prompt for one bare problem statement.
 
@@ -88,7 +90,8 @@ def build_meta_prompt(
     schema); ``reasoning=False`` asks for the JSON alone, without a <meta> reasoning block. ``notion_word``
     names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any key ending in
     "notion(s)". A custom ``template`` replaces the built-in one and may use the placeholders {problem},
-    {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}.
+    {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}. ``notions=False`` (a task
+    without notions) drops the template's lines naming {notion_key} and the key from the example and schema.
     """
     if pass_rate_scale < 1:
         raise ValueError(f"pass_rate_scale must be >= 1, got {pass_rate_scale}")
@@ -97,7 +100,7 @@ def build_meta_prompt(
     low, high = length_bounds(min_length, max_response_tokens)
     # The example's numbers sit mid-range so they do not anchor the model towards an extreme.
     example = render_meta_json(
-        ["concept one", "concept two"], pass_rate_scale // 2, (low + high) // 2, notion_word=notion_word
+        EXAMPLE_NOTIONS if notions else None, pass_rate_scale // 2, (low + high) // 2, notion_word=notion_word
     )
     values = {
         "problem": problem_text.strip(),
@@ -107,9 +110,35 @@ def build_meta_prompt(
         "max_length": str(high),
         "example": example,
         "schema": (
-            f'{{"{notion_word}": [concepts used], "pass_rate": <0-{pass_rate_scale}: right answers in '
-            f'{pass_rate_scale} tries>, "solution_length": <{low}-{high}: tokens in your solution>}}'
+            "{"
+            + (f'"{notion_word}": [concepts used], ' if notions else "")
+            + f'"pass_rate": <0-{pass_rate_scale}: right answers in {pass_rate_scale} tries>, '
+            + f'"solution_length": <{low}-{high}: tokens in your solution>}}'
         ),
     }
     chosen = TEMPLATES[style, reasoning] if template is None else template
+    if not notions:
+        chosen = "\n".join(line for line in chosen.split("\n") if "{notion_key}" not in line)
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], chosen)
+
+
+EXAMPLE_NOTIONS = ["concept one", "concept two"]
+"""The notions of the format example ``build_meta_prompt`` shows."""
+
+
+def is_example_copy(
+    notions: list[str] | None,
+    pass_rate: int | None,
+    solution_length: int | None,
+    *,
+    pass_rate_scale: int,
+    max_response_tokens: int,
+    min_length: int = DEFAULT_MIN_LENGTH,
+) -> bool:
+    """Whether a parsed prediction repeats the prompt's format example: its example notions, or (for a
+    task without notions) both of its numbers. Such a copy says nothing about the problem and is scored as
+    unparsed, so copying the example cannot be a stable answer (the embedded model's first habit)."""
+    low, high = length_bounds(min_length, max_response_tokens)
+    if notions:
+        return [n.strip().lower() for n in notions] == EXAMPLE_NOTIONS
+    return pass_rate == pass_rate_scale // 2 and solution_length == (low + high) // 2

@@ -13,9 +13,11 @@ normalise to the same words count once, so repeating a sure notion cannot inflat
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 from masa.meta.parse import MetaPrediction
 
@@ -101,13 +103,42 @@ def length_reward(pred_len: int | None, stats: SolutionStats) -> float:
     return 1.0 if stats.l_min <= pred_len <= stats.l_max else 0.0
 
 
+PassRateReward = Literal["exp", "brier", "log"]
+
+
 def pass_rate_reward(
-    pred_pass_rate: int | None, stats: SolutionStats, *, scale: int = 8, base: float = 0.01
+    pred_pass_rate: int | None,
+    stats: SolutionStats,
+    *,
+    scale: int = 8,
+    base: float = 0.01,
+    kind: PassRateReward = "exp",
 ) -> float:
-    """``base ** |p - pred/scale|``; with base 0.01 one unit of 1/8 costs about half the reward."""
+    """How well a predicted count out of ``scale`` matches the observed pass rate p, in [0, 1].
+
+    - ``exp`` (the paper): ``base ** |p - q|``. Not a proper scoring rule: its expected value over the
+      problems a model meets is highest at the most common outcome, not at the rate (with many unsolved
+      problems, at q = 0), and the collapse is absorbing.
+    - ``brier``: ``1 - (p - q)^2``, the mean Brier score of this step's G outcomes up to a constant within
+      the group; proper, so its expectation is highest at the true rate.
+    - ``log``: the mean log-likelihood of the G outcomes, ``p log q + (1 - p) log(1 - q)``, with q kept
+      half a unit off 0 and 1 so a sure prediction is finite, mapped affinely from [log eps, 0] to [0, 1].
+    """
     if pred_pass_rate is None:
         return 0.0
-    return base ** abs(stats.pass_rate - pred_pass_rate / scale)
+    q = pred_pass_rate / scale
+    p = stats.pass_rate
+    if kind == "exp":
+        return base ** abs(p - q)
+    if kind == "brier":
+        return 1.0 - (p - q) ** 2
+    if kind == "log":
+        eps = 1 / (2 * scale)
+        q = min(max(q, eps), 1 - eps)
+        log_likelihood = p * math.log(q) + (1 - p) * math.log(1 - q)
+        # p log q + (1 - p) log(1 - q) >= log eps, so this lies in [0, 1].
+        return 1.0 + log_likelihood / -math.log(eps)
+    raise ValueError(f"unknown pass-rate reward {kind!r}; allowed: exp, brier, log")
 
 
 def notion_counts(notions: list[str] | None, problem_text: str, stats: SolutionStats) -> dict[str, int]:
@@ -146,10 +177,11 @@ def meta_reward(
     scale: int = 8,
     base: float = 0.01,
     weights: MetaRewardWeights = EQUAL_WEIGHTS,
+    pass_rate_kind: PassRateReward = "exp",
 ) -> MetaRewardBreakdown:
     """All components and their weighted mean; an unparseable output scores 0 everywhere."""
     length = length_reward(pred.solution_length, stats)
-    pass_rate = pass_rate_reward(pred.pass_rate, stats, scale=scale, base=base)
+    pass_rate = pass_rate_reward(pred.pass_rate, stats, scale=scale, base=base, kind=pass_rate_kind)
     notion = notion_reward(pred.notions, problem_text, stats)
     total = weights.length + weights.pass_rate + weights.notion
     combined = (weights.length * length + weights.pass_rate * pass_rate + weights.notion * notion) / total

@@ -24,6 +24,7 @@ def meta_step_metrics(
     scores: list[list[MetaRewardBreakdown]],
     stats: list[SolutionStats],
     scale: int,
+    notions: bool = True,
 ) -> dict[str, float]:
     """Parse rates per field, reward components, and how well predictions match this step's truth.
 
@@ -48,7 +49,10 @@ def meta_step_metrics(
     ]
     return {
         "meta/parse_rate": _share(
-            p.notions is not None and p.pass_rate is not None and p.solution_length is not None for p in flat
+            (p.notions is not None or not notions)
+            and p.pass_rate is not None
+            and p.solution_length is not None
+            for p in flat
         ),
         "meta/parse_rate_any": _share(p.any_parsed for p in flat),
         "meta/parse_rate_notions": _share(p.notions is not None for p in flat),

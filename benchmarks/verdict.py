@@ -1,0 +1,463 @@
+"""The multi-seed verdict of issue 11: GRPO vs MASA (paper formulation, new defaults, efficient, no meta
+gradient) on the embedded model, same problems, same evaluation, several seeds.
+
+Every (arm, seed) is its own `masa train` process; after training, its final model gets `masa eval --meta`
+on held-out problems (parse rate, pass-rate Pearson and MAE, direction-aware gate P/R/F1). Each finished
+run is written to RESULTS/runs/ARM-sSEED.json at once, so arms can be run in separate invocations (or at
+the same time, in separate processes) and an interrupted verdict keeps its finished runs. The report
+(mean ± std over seeds) is printed from whatever runs exist, and written to RESULTS.json with a plot of
+the accuracy curves with seed bands.
+
+    .venv/bin/python benchmarks/verdict.py                        # the full protocol (3 seeds x 5 arms x 40)
+    .venv/bin/python benchmarks/verdict.py --arms grpo masa-new --steps 8 --set train.batch_problems=4
+    .venv/bin/python benchmarks/verdict.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import html
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+ARMS = {
+    "grpo": ["algo=grpo"],
+    "masa-paper": ["algo=masa", "meta.preset=paper"],
+    "masa-new": ["algo=masa"],
+    "masa-efficient-new": ["algo=masa-efficient"],
+    # Same sample path as masa-new (separate RNG streams), no meta gradient: what the meta loss itself does.
+    "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0"],
+}
+GATE_SIGMA = 0.1
+TARGETS = {
+    "accuracy_gap_points": 2.0,  # MASA (new) within 2 points of GRPO, or above
+    "step_time_ratio": 1.5,  # a MASA step <= 1.5x a GRPO step
+    "heldout_pearson": 0.5,  # after MASA training
+    "efficient_time_ratio": 0.8,  # MASA-efficient reaches GRPO's final accuracy in <= 0.8x its wall-clock
+}
+
+
+# ----------------------------------------------------------------------------------------------- running
+def train_run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    name = f"{arm}-s{seed}"
+    out = args.out / "runs"
+    shutil.rmtree(out / name, ignore_errors=True)  # a rerun replaces the run, half-written ones included
+    overrides = [
+        *ARMS[arm],
+        f"train.seed={seed}",
+        f"train.steps={args.steps}",
+        f"train.eval_every={args.eval_every}",
+        f"train.save_every={args.steps}",
+        f"data.eval_size={args.eval_size}",
+        f"model.threads={args.threads}",
+        f"train.output_dir={out}",
+        f"train.run_name={name}",
+        *args.set,
+    ]
+    command = [sys.executable, "-m", "masa.cli", "train", "--preset", args.preset, *overrides]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"run {name} failed with status {status}: {' '.join(command)}")
+    record = summarise_run(out / name, arm, seed, overrides)
+    record["process_wall_seconds"] = time.perf_counter() - started
+    record["peak_rss_mib"] = usage.ru_maxrss / 1024
+    if args.meta_eval_limit and (arm != "grpo" or args.meta_eval_grpo):
+        record["heldout_meta"] = meta_eval(out / name / "final", out / name / "meta_eval", args)
+    return record
+
+
+def meta_eval(model: Path | str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`masa eval --meta` with the training settings (solution limit, temperature) on held-out problems."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "masa.cli", "eval", str(model), "--benchmark", "arithmetic", "--out", str(out),
+        "--meta", "--n", str(args.meta_eval_n), "--k", "1", "--meta-n", str(args.meta_eval_n),
+        "--temperature", str(args.meta_eval_temperature), "--max-tokens", str(args.meta_eval_max_tokens),
+        "--limit", str(args.meta_eval_limit), "--seed", "0",
+        *([] if args.meta_eval_notions else ["--meta-no-notions"]),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)})
+    result = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
+    meta = result["meta"]
+    gate = next(g for g in meta["gating"] if abs(g["sigma"] - GATE_SIGMA) < 1e-9)
+    return {
+        "problems": result["n_problems"],
+        "pass@1": result["pass_at_k"]["1"]["mean"],
+        "parse_rate": meta["parse_rate"],
+        "pearson": meta["pass_rate"]["pearson"],
+        "mae": meta["pass_rate"]["mae"],
+        "gate": {
+            k: gate.get(k)
+            for k in (
+                "precision",
+                "recall",
+                "f1",
+                "precision_direction",
+                "recall_direction",
+                "f1_direction",
+                "gated",
+            )
+        },  # fmt: skip
+    }
+
+
+def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "perf/step_seconds" in r]
+    evals = [
+        {
+            "step": r["step"],
+            "elapsed_s": r["time/elapsed_s"],
+            "accuracy": r["eval/accuracy"],
+            "by_level": {
+                k.rsplit("_", 1)[1]: v for k, v in r.items() if k.startswith("eval/accuracy_level_")
+            },
+        }
+        for r in rows
+        if "eval/accuracy" in r
+    ]
+
+    def mean(key: str, part: list[dict]) -> float | None:
+        values = [r[key] for r in part if r.get(key) is not None and not _nan(r[key])]
+        return statistics.fmean(values) if values else None
+
+    tail = steps[-5:]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "overrides": overrides,
+        "evals": evals,
+        "train_seconds": steps[-1]["time/elapsed_s"],
+        "seconds_per_step": mean("perf/step_seconds", steps),
+        "generate_seconds_per_step": mean("perf/generate_seconds", steps),
+        "update_seconds_per_step": mean("perf/update_seconds", steps),
+        "tokens_per_step": {
+            "solution_generated": mean("tokens/solution", steps),
+            "meta_generated": mean("tokens/meta", steps),
+            "solution_trained": mean("update/tokens_solution", steps),
+            "meta_trained": mean("update/tokens_meta", steps),
+            "expert_trained": mean("update/tokens_expert", steps),
+        },
+        "meta_last5": {
+            k: mean(k, tail)
+            for k in (
+                "meta/parse_rate",
+                "meta/pass_rate_pearson",
+                "meta/pass_rate_mae",
+                "groups/meta_pass_constant_fraction",
+                "gate/shadow_precision",
+                "gate/shadow_precision_direction",
+                "gate/shadow_recall_direction",
+            )
+        },
+        "grad": {
+            k: mean(k, steps) for k in ("grad/norm_solution", "grad/norm_meta", "grad/cos_solution_meta")
+        },
+        "sequential_from": next((r["step"] for r in steps if r.get("stage/sequential")), None),
+        "by_level_last5": pass_rates_by_level(run_dir, range(len(steps) - 4, len(steps) + 1)),
+    }
+
+
+def pass_rates_by_level(run_dir: Path, steps: range) -> dict[str, list[float]]:
+    """Mean predicted and actual pass rate per level over ``steps`` (from the run's prediction log)."""
+    log = run_dir / "meta_predictions.jsonl"
+    if not log.exists():
+        return {}
+    levels: dict[int, tuple[list[float], list[float]]] = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        parsed = [p for p in row["predicted_pass_rates"] if p is not None]
+        if row["step"] in steps and parsed:
+            predicted, actual = levels.setdefault(row["difficulty"], ([], []))
+            predicted.append(statistics.fmean(parsed))
+            actual.append(row["actual_pass_rate"])
+    return {str(lv): [statistics.fmean(p), statistics.fmean(a)] for lv, (p, a) in sorted(levels.items())}
+
+
+# ----------------------------------------------------------------------------------------------- report
+def _nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    xs = [v for v in values if v is not None and not _nan(v)]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+
+
+def pm(values: list[float | None], spec: str = ".3f") -> str:
+    m, s, n = mean_std(values)
+    return "-" if m is None else f"{m:{spec}} ± {s:{spec}}" + ("" if n > 1 else " (1 seed)")
+
+
+def time_to(evals: list[dict], target: float) -> float | None:
+    return next((e["elapsed_s"] for e in evals if e["accuracy"] >= target - 1e-9), None)
+
+
+def _base_model(args: argparse.Namespace) -> str:
+    from masa.config import load_config
+
+    return load_config(args.preset, overrides=args.set).model.name
+
+
+def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None) -> dict[str, Any]:
+    by_arm: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
+        by_arm.setdefault(r["arm"], []).append(r)
+    eval_steps = sorted({e["step"] for r in runs for e in r["evals"]})
+    print("\nHeld-out accuracy, mean ± std over seeds, at each evaluation (step):")
+    print("| arm | seeds | " + " | ".join(f"step {s}" for s in eval_steps) + " |")
+    print("|---|---|" + "---|" * len(eval_steps))
+    curves: dict[str, dict[int, tuple[float | None, float | None, int]]] = {}
+    for arm, rs in by_arm.items():
+        curves[arm] = {
+            s: mean_std([next((e["accuracy"] for e in r["evals"] if e["step"] == s), None) for r in rs])
+            for s in eval_steps
+        }
+        cells = [
+            pm([next((e["accuracy"] for e in r["evals"] if e["step"] == s), None) for r in rs])
+            for s in eval_steps
+        ]
+        print(f"| {arm} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+
+    grpo = by_arm.get("grpo", [])
+    grpo_final = mean_std([r["evals"][-1]["accuracy"] for r in grpo])[0] if grpo else None
+    print("\nCost per step (mean ± std over seeds); time to GRPO's final mean accuracy (training seconds):")
+    print(
+        "| arm | s/step | generate s | update s | sol tok gen | meta tok gen | sol tok trained | meta tok trained | expert tok | time to GRPO final | reached |"
+    )  # noqa: E501
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arm, rs in by_arm.items():
+        t = [r["tokens_per_step"] for r in rs]
+        reach = [time_to(r["evals"], grpo_final) if grpo_final is not None else None for r in rs]
+        print(
+            f"| {arm} | {pm([r['seconds_per_step'] for r in rs], '.1f')} | {pm([r['generate_seconds_per_step'] for r in rs], '.1f')} "
+            f"| {pm([r['update_seconds_per_step'] for r in rs], '.1f')} | {pm([x['solution_generated'] for x in t], '.0f')} "
+            f"| {pm([x['meta_generated'] for x in t], '.0f')} | {pm([x['solution_trained'] for x in t], '.0f')} "
+            f"| {pm([x['meta_trained'] for x in t], '.0f')} | {pm([x['expert_trained'] for x in t], '.0f')} "
+            f"| {pm(reach, '.0f')} | {sum(x is not None for x in reach)}/{len(rs)} |"
+        )
+
+    print(f"\nHeld-out alignment (`masa eval --meta` on each final model; gate at sigma {GATE_SIGMA}):")
+    print(
+        "| arm | pass@1 | parse rate | Pearson | MAE | gate P / R / F1 | gate P / R / F1 (direction-aware) | gated |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for arm, rs in [("base (untrained)", [{"heldout_meta": base}] if base else []), *by_arm.items()]:
+        hm = [r["heldout_meta"] for r in rs if r.get("heldout_meta")]
+        if not hm:
+            continue
+        g = [h["gate"] for h in hm]
+        print(
+            f"| {arm} | {pm([h['pass@1'] for h in hm])} | {pm([h['parse_rate'] for h in hm])} | {pm([h['pearson'] for h in hm])} "
+            f"| {pm([h['mae'] for h in hm])} | {pm([x['precision'] for x in g], '.2f')} / {pm([x['recall'] for x in g], '.2f')} / "
+            f"{pm([x['f1'] for x in g], '.2f')} | {pm([x['precision_direction'] for x in g], '.2f')} / "
+            f"{pm([x['recall_direction'] for x in g], '.2f')} / {pm([x['f1_direction'] for x in g], '.2f')} "
+            f"| {pm([x['gated'] for x in g], '.1f')} |"
+        )
+
+    print("\nPredicted vs actual pass rate per level, last 5 training steps (mean over seeds):")
+    print("| arm | level | predicted | actual |")
+    print("|---|---|---|---|")
+    for arm, rs in by_arm.items():
+        levels = sorted({lv for r in rs for lv in r["by_level_last5"]}, key=int)
+        for lv in levels:
+            rows = [r["by_level_last5"][lv] for r in rs if lv in r["by_level_last5"]]
+            print(f"| {arm} | {lv} | {pm([x[0] for x in rows], '.2f')} | {pm([x[1] for x in rows], '.2f')} |")
+
+    print("\nHeld-out accuracy per level at the last evaluation (mean over seeds):")
+    levels = sorted({lv for r in runs for lv in r["evals"][-1]["by_level"]}, key=int)
+    print("| arm | " + " | ".join(f"L{lv}" for lv in levels) + " |")
+    print("|---|" + "---|" * len(levels))
+    for arm, rs in by_arm.items():
+        print(
+            f"| {arm} | "
+            + " | ".join(pm([r["evals"][-1]["by_level"].get(lv) for r in rs], ".2f") for lv in levels)
+            + " |"
+        )
+
+    verdict = targets(by_arm, grpo_final)
+    print("\nTargets:")
+    for name, t in verdict.items():
+        print(f"- {name}: {t['status']} ({t['detail']})")
+    return {"curves": {a: {str(s): v for s, v in c.items()} for a, c in curves.items()}, "targets": verdict}
+
+
+def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+
+    def final(arm: str) -> float | None:
+        return mean_std([r["evals"][-1]["accuracy"] for r in by_arm.get(arm, [])])[0]
+
+    def per_step(arm: str) -> float | None:
+        return mean_std([r["seconds_per_step"] for r in by_arm.get(arm, [])])[0]
+
+    new = final("masa-new")
+    if new is not None and grpo_final is not None:
+        gap = 100 * (grpo_final - new)
+        ok = gap <= TARGETS["accuracy_gap_points"]
+        out["MASA (new) within 2 points of GRPO"] = {
+            "status": "met" if ok else "MISSED",
+            "detail": f"GRPO {grpo_final:.3f}, MASA new {new:.3f}: {gap:+.1f} points behind",
+        }
+    if per_step("masa-new") and per_step("grpo"):
+        ratio = per_step("masa-new") / per_step("grpo")
+        out["MASA step <= 1.5x GRPO step"] = {
+            "status": "met" if ratio <= TARGETS["step_time_ratio"] else "MISSED",
+            "detail": f"{ratio:.2f}x ({per_step('masa-new'):.1f} s vs {per_step('grpo'):.1f} s)",
+        }
+    pearsons = [r["heldout_meta"]["pearson"] for r in by_arm.get("masa-new", []) if r.get("heldout_meta")]
+    m = mean_std(pearsons)[0]
+    if m is not None:
+        out["held-out Pearson >= 0.5 after MASA (new)"] = {
+            "status": "met" if m >= TARGETS["heldout_pearson"] else "MISSED",
+            "detail": f"{pm(pearsons)}",
+        }
+    eff, grpo = by_arm.get("masa-efficient-new", []), by_arm.get("grpo", [])
+    if eff and grpo and grpo_final is not None:
+        grpo_time = statistics.fmean(r["train_seconds"] for r in grpo)
+        reach = [time_to(r["evals"], grpo_final) for r in eff]
+        got = [x for x in reach if x is not None]
+        ratio = statistics.fmean(got) / grpo_time if len(got) == len(reach) else None
+        out["MASA-efficient reaches GRPO final accuracy in <= 0.8x GRPO time"] = {
+            "status": "met" if ratio is not None and ratio <= TARGETS["efficient_time_ratio"] else "MISSED",
+            "detail": f"reached in {len(got)}/{len(reach)} seeds"
+            + ("" if ratio is None else f", {ratio:.2f}x GRPO's {grpo_time:.0f} s"),
+        }
+    return out
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm]
+        steps = sorted({e["step"] for r in rs for e in r["evals"]})
+        for ax, x_of in ((axes[0], lambda s, rs=rs: s), (axes[1], lambda s, rs=rs: _mean_time(rs, s))):
+            xs, mean, lo, hi = [], [], [], []
+            for s in steps:
+                m, sd, _ = mean_std(
+                    [next((e["accuracy"] for e in r["evals"] if e["step"] == s), None) for r in rs]
+                )
+                if m is None:
+                    continue
+                xs.append(x_of(s))
+                mean.append(m)
+                lo.append(m - sd)
+                hi.append(m + sd)
+            ax.plot(xs, mean, marker="o", markersize=3, label=f"{arm} ({len(rs)} seeds)")
+            ax.fill_between(xs, lo, hi, alpha=0.2)
+    axes[0].set(xlabel="training step", ylabel="held-out accuracy", title="Accuracy (mean ± std over seeds)")
+    axes[1].set(
+        xlabel="training seconds (mean over seeds)", ylabel="held-out accuracy", title="Accuracy vs time"
+    )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_html(path: Path, png: Path, tables: str, runs: list[dict]) -> None:
+    """One self-contained page: the curves with seed bands, then every table, then the exact commands."""
+    image = base64.b64encode(png.read_bytes()).decode()
+    commands = sorted({r.get("command", "") for r in runs})
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>masa verdict</title></head><body>"
+        "<h1>GRPO vs MASA: held-out accuracy over seeds</h1>"
+        f"<img alt='accuracy curves with seed bands' src='data:image/png;base64,{image}'>"
+        f"<pre>{html.escape(tables)}</pre><h2>Commands</h2><pre>{html.escape(chr(10).join(commands))}</pre>"
+        "</body></html>"
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+
+
+def _mean_time(rs: list[dict], step: int) -> float:
+    return statistics.fmean(e["elapsed_s"] for r in rs for e in r["evals"] if e["step"] == step)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-size", type=int, default=150)
+    parser.add_argument("--preset", default="smollm2-arith")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (model.threads)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
+    parser.add_argument(
+        "--meta-eval-limit", type=int, default=60, help="held-out problems for masa eval --meta (0: skip)"
+    )
+    parser.add_argument("--meta-eval-n", type=int, default=8)
+    parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
+    parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
+    parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
+    parser.add_argument("--meta-eval-base", action="store_true", help="also evaluate the untrained model's")
+    parser.add_argument(
+        "--meta-eval-notions",
+        action="store_true",
+        help="ask for notions in the held-out meta prompt (arithmetic runs train without them)",
+    )
+    parser.add_argument("--report-only", action="store_true", help="report the finished runs; run nothing")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "verdict")
+    args = parser.parse_args()
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    base_file = args.out / "base_meta.json"
+    if args.meta_eval_base and not args.report_only:
+        write_json(base_file, meta_eval(_base_model(args), args.out / "base_meta_eval", args))
+    if not args.report_only:
+        for seed in args.seeds:
+            for arm in args.arms:
+                record = train_run(arm, seed, args)
+                record["command"] = " ".join(sys.argv)
+                write_json(args.out / "runs" / f"{arm}-s{seed}.json", record)
+    runs = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    if not runs:
+        raise SystemExit(f"no finished runs in {args.out / 'runs'}")
+    base = json.loads(base_file.read_text()) if base_file.exists() else None
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        summary = report(runs, args, base)
+    print(tables.getvalue())
+    write_json(args.out.parent / f"{args.out.name}.json", {"runs": runs, "base_meta": base, **summary})
+    png = args.out.parent / f"{args.out.name}_accuracy.png"
+    plot(runs, png)
+    write_html(args.out.parent / f"{args.out.name}.html", png, tables.getvalue(), runs)
+
+
+if __name__ == "__main__":
+    main()
