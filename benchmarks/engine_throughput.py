@@ -131,12 +131,15 @@ def _logprob_gap(model, tokenizer, groups, params: SamplingParams) -> dict[str, 
     """|vLLM's log-prob - the fp32 policy's| over every sampled token (what the trainer's old log-probs see)."""
     rollouts = [r for g in groups for r in g]
     batch = pack(
-        [TrainSequence(r.prompt_ids, r.completion_ids, 0.0) for r in rollouts],
+        [
+            TrainSequence(r.prompt_ids, r.completion_ids, 0.0, temperature=params.temperature)
+            for r in rollouts
+        ],
         tokenizer.pad_token_id,
         model.device,
     )
     with torch.no_grad():
-        recomputed = token_logprobs(model, batch, params.temperature).cpu()
+        recomputed = token_logprobs(model, batch).cpu()
     gaps = torch.cat(
         [(torch.tensor(r.logprobs) - recomputed[i, : r.num_tokens]).abs() for i, r in enumerate(rollouts)]
     )

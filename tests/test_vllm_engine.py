@@ -65,9 +65,11 @@ def _prompts(tokenizer):
 
 
 def _recompute(model, tokenizer, rollouts, temperature):
-    sequences = [TrainSequence(r.prompt_ids, r.completion_ids, 0.0) for r in rollouts]
+    sequences = [
+        TrainSequence(r.prompt_ids, r.completion_ids, 0.0, temperature=temperature) for r in rollouts
+    ]
     with torch.no_grad():
-        values = token_logprobs(model, pack(sequences, tokenizer.pad_token_id), temperature)
+        values = token_logprobs(model, pack(sequences, tokenizer.pad_token_id))
     return [values[row, : r.num_tokens] for row, r in enumerate(rollouts)]
 
 
