@@ -135,6 +135,7 @@ def _run_config(tmp_path, algo):
             "rollout.max_new_tokens=24",
             "meta.max_new_tokens=48",
             "algo.micro_batch_sequences=8",
+            "efficient.switch=steps",
             "efficient.warmup_steps=1",
             "efficient.audit_fraction=0.5",
             "efficient.cutoff_min_tokens=4",

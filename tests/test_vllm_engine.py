@@ -185,7 +185,13 @@ def _train(tmp_path, capsys, name, *extra, resume=False):
     [
         ["algo=grpo", "train.steps=2"],
         ["algo=masa", "train.steps=2", "meta.expert_sft=true", "meta.expert_batch=2"],
-        ["algo=masa-efficient", "train.steps=2", "efficient.warmup_steps=1", "efficient.gate_tolerance=0.49"],
+        [
+            "algo=masa-efficient",
+            "train.steps=2",
+            "efficient.switch=steps",
+            "efficient.warmup_steps=1",
+            "efficient.gate_tolerance=0.49",
+        ],
     ],
     ids=["grpo", "masa", "masa-efficient"],
 )
