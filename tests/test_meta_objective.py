@@ -5,7 +5,7 @@ import math
 import pytest
 from scripted_engine import ScriptedEngine
 
-import masa.trainer as trainer_module
+import masa.learner as learner_module
 from masa.config import load_config
 from masa.meta.credit import field_spans, field_token_advantages, meta_advantages, token_char_ends
 from masa.meta.prompt import render_meta_json
@@ -103,13 +103,13 @@ def test_each_field_gets_its_components_advantage(tiny):
 
 def test_field_credit_reaches_the_meta_sequences_of_a_training_step(tmp_path, monkeypatch):
     seen = []
-    real = trainer_module.policy_update
+    real = learner_module.policy_update
 
     def recording(model, optimizer, scheduler, sequences, *args, **kwargs):
         seen.append(list(sequences))
         return real(model, optimizer, scheduler, sequences, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "policy_update", recording)
+    monkeypatch.setattr(learner_module, "policy_update", recording)
     config = load_config(
         "tiny",
         overrides=[
