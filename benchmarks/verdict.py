@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent
 # The cheap meta path the issue asks for: compact prompt, JSON-only output. It is what "new" means below
 # (the objective's new defaults plus this path); masa-new-paper-prompt keeps the paper's prompt with
@@ -82,18 +84,31 @@ def train_run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     record["process_wall_seconds"] = time.perf_counter() - started
     record["peak_rss_mib"] = usage.ru_maxrss / 1024
     if args.meta_eval_limit and (arm != "grpo" or args.meta_eval_grpo):
-        record["heldout_meta"] = meta_eval(out / name / "final", out / name / "meta_eval", args)
+        # A MASA model is asked with the meta prompt it was trained on; GRPO (and the base model) with
+        # the one --meta-eval-prompt names, so all of them answer the same question.
+        meta = yaml.safe_load((out / name / "config.yaml").read_text())["meta"]
+        style = (meta["prompt"], meta["reasoning"]) if arm != "grpo" else _eval_prompt(args)
+        record["heldout_meta"] = meta_eval(out / name / "final", out / name / "meta_eval", args, style)
     return record
 
 
-def meta_eval(model: Path | str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """`masa eval --meta` with the training settings (solution limit, temperature) on held-out problems."""
+def _eval_prompt(args: argparse.Namespace) -> tuple[str, bool]:
+    return args.meta_eval_prompt, args.meta_eval_reasoning
+
+
+def meta_eval(
+    model: Path | str, out: Path, args: argparse.Namespace, style: tuple[str, bool]
+) -> dict[str, Any]:
+    """`masa eval --meta` with the training settings (solution limit, temperature, meta prompt) on
+    held-out problems."""
     shutil.rmtree(out, ignore_errors=True)
+    prompt, reasoning = style
     command = [
         sys.executable, "-m", "masa.cli", "eval", str(model), "--benchmark", "arithmetic", "--out", str(out),
         "--meta", "--n", str(args.meta_eval_n), "--k", "1", "--meta-n", str(args.meta_eval_n),
         "--temperature", str(args.meta_eval_temperature), "--max-tokens", str(args.meta_eval_max_tokens),
         "--limit", str(args.meta_eval_limit), "--seed", "0", "--engine", args.engine,
+        "--meta-prompt", prompt, "--meta-reasoning" if reasoning else "--no-meta-reasoning",
         *([] if args.meta_eval_notions else ["--meta-no-notions"]),
     ]  # fmt: skip
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)})
@@ -434,6 +449,15 @@ def main() -> None:
     parser.add_argument("--meta-eval-n", type=int, default=8)
     parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
     parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--meta-eval-prompt", choices=("paper", "compact"), default="paper", help="meta prompt for GRPO/base"
+    )
+    parser.add_argument(
+        "--meta-eval-reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="ask GRPO/base for <meta> reasoning (the MASA arms use what they trained with)",
+    )
     parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
     parser.add_argument("--meta-eval-base", action="store_true", help="also evaluate the untrained model's")
     parser.add_argument(
@@ -447,7 +471,8 @@ def main() -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     base_file = args.out / "base_meta.json"
     if args.meta_eval_base and not args.report_only:
-        write_json(base_file, meta_eval(_base_model(args), args.out / "base_meta_eval", args))
+        base_meta = meta_eval(_base_model(args), args.out / "base_meta_eval", args, _eval_prompt(args))
+        write_json(base_file, base_meta)
     if not args.report_only:
         for seed in args.seeds:
             for arm in args.arms:

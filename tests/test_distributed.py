@@ -33,9 +33,14 @@ def _sequences(vocab: int) -> list[TrainSequence]:
     """Lengths chosen so the ranks' shares differ in sequences and tokens (rank 0: 3 long, rank 1: 2)."""
     rng = random.Random(1)
     shapes = [(3, 2, 1.0), (5, 9, -0.5), (2, 17, 0.7), (4, 5, -1.2), (6, 30, 0.3), (3, 4, 0.0)]
+    # Sampler log-probs far enough from the policy's that some importance weights hit the cap.
     return [
         TrainSequence(
-            [rng.randrange(vocab) for _ in range(p)], [rng.randrange(vocab) for _ in range(c)], a, kind=k
+            [rng.randrange(vocab) for _ in range(p)],
+            [rng.randrange(vocab) for _ in range(c)],
+            a,
+            kind=k,
+            sampler_logprobs=[-8.0 - 8.0 * rng.random() for _ in range(c)],
         )
         for (p, c, a), k in zip(shapes, ["solution", "meta"] * 3, strict=True)
     ]
@@ -55,7 +60,12 @@ def _full_params(learner) -> dict[str, torch.Tensor]:
 
 UPDATE_CASES = {
     "micro-batches": ["algo.micro_batch_sequences=2"],
-    "mini-batches and epochs": ["algo.mini_batches=2", "algo.ppo_epochs=2", "algo.micro_batch_sequences=1"],
+    "mini-batches, epochs, importance sampling": [
+        "algo.mini_batches=2",
+        "algo.ppo_epochs=2",
+        "algo.micro_batch_sequences=1",
+        "rollout.importance_sampling=true",
+    ],
     "kl and lora": ["algo.kl_coef=0.1", "model.lora.rank=4", "algo.micro_batch_sequences=2"],
 }
 
@@ -92,6 +102,12 @@ def test_two_processes_update_like_one(tmp_path):
             torch.testing.assert_close(two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
         compared = ("update/loss", "update/loss_meta", "update/grad_norm", "update/trained_sequences")
         for key in (*compared, "update/ref_kl", "grad/norm_solution", "grad/cos_solution_meta"):
+            assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
+        # The off-policy statistics are the whole batch's, not rank 0's share.
+        off_policy = [k for k in one_log if k.startswith("rollout/")]
+        assert len(off_policy) == (4 if "importance sampling" in case else 0), case
+        assert 0 < one_log.get("rollout/is_capped_fraction", 0.5) < 1
+        for key in off_policy:
             assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
 
 

@@ -213,7 +213,11 @@ def test_training_on_vllm_then_resume(tmp_path, capsys, algo):
     assert [r["step"] for r in resumed if "perf/step_seconds" in r][-1] == 3
 
 
-def test_eval_with_the_vllm_engine(tmp_path, capsys):
+def test_eval_with_the_vllm_engine(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("masa eval --engine vllm loaded the weights into transformers too")
+
+    monkeypatch.setattr("masa.models.load_model", refuse)
     out = tmp_path / "eval"
     args = ["eval", SMOLLM2, "--benchmark", "arithmetic", "--limit", "3", "--n", "2", "--k", "1", "2"]
     code = main([*args, "--max-tokens", "32", "--engine", "vllm", "--out", str(out)])

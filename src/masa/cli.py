@@ -160,7 +160,14 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         summary_tables,
         write_results,
     )
-    from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
+    from masa.models import (
+        TINY_RANDOM,
+        describe_precision,
+        load_model,
+        load_tokenizer,
+        resolve_autocast,
+        resolve_device,
+    )
     from masa.rollout import build_engine
 
     settings = EvalSettings(
@@ -196,13 +203,20 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     device = resolve_device(args.device)
     console.print(f"loading {args.model} on {device}")
     console.print(describe_precision("auto", device, resolve_autocast("auto", device)))
-    model, tokenizer = load_model(args.model, seed=args.seed, notify=console.print)
-    model.to(device)
+    # vLLM loads the weights itself; a second copy in transformers would only double the memory. (The
+    # built-in tiny random model exists only in memory, so it is built and handed over.)
+    model = None
+    if args.engine == "hf" or args.model == TINY_RANDOM:
+        model, tokenizer = load_model(args.model, seed=args.seed, notify=console.print)
+        model.to(device)
+    else:
+        tokenizer = load_tokenizer(args.model, notify=console.print)
     engine = build_engine(
         RolloutConfig(engine=args.engine, max_batch_sequences=args.batch_size),
         model,
         tokenizer,
         model_source=args.model,
+        device=device.type,
         autocast_dtype=resolve_autocast("auto", device),
         seed=args.seed,
     )

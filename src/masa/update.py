@@ -399,26 +399,43 @@ def _length_order(seq: TrainSequence, settings: UpdateSettings) -> tuple:
 
 
 def _off_policy_correction(
-    old: dict[tuple[int, ...], torch.Tensor], packed: dict[tuple[int, ...], PackedBatch], cap: float | None
+    old: dict[tuple[int, ...], torch.Tensor],
+    packed: dict[tuple[int, ...], PackedBatch],
+    cap: float | None,
+    standins: set[tuple[int, ...]],
+    ranks: Ranks,
 ) -> tuple[dict[tuple[int, ...], torch.Tensor], dict[str, float]]:
     """The gap between recomputed old log-probs and the sampler's, and (with ``cap``) the per-token
-    truncated importance weights of each micro-batch; nothing without recomputed old log-probs."""
+    truncated importance weights of each micro-batch; nothing without recomputed old log-probs.
+
+    The logged statistics are over the whole batch: every rank contributes its own rows (not its
+    stand-ins), so all ranks must call this together.
+    """
     sampled = {k: b for k, b in packed.items() if k in old and b.sampler_logprobs is not None}
     valid = {k: b.completion_mask.bool() & ~b.sampler_logprobs.isnan() for k, b in sampled.items()}
-    if not any(v.any() for v in valid.values()):
+    own = [k for k in sampled if k not in standins]
+    empty = torch.zeros(0, dtype=torch.float32)
+    gaps = torch.cat([empty, *((old[k] - sampled[k].sampler_logprobs).abs()[valid[k]].cpu() for k in own)])
+    is_weights = (
+        {
+            # Rows the engine did not sample (NaN) get weight 1.
+            k: truncated_importance_weights(old[k], b.sampler_logprobs, cap).nan_to_num(1.0)
+            for k, b in sampled.items()
+        }
+        if cap is not None
+        else {}
+    )
+    kept = torch.cat([empty, *(is_weights[k][valid[k]].float().cpu() for k in own if k in is_weights)])
+    gap_sum, tokens, weight_sum, capped = ranks.sum(
+        [float(gaps.sum()), gaps.numel(), float(kept.sum()), float((kept >= (cap or math.inf)).sum())]
+    )
+    gap_max = max(ranks.gather(float(gaps.max()) if gaps.numel() else 0.0))
+    if not tokens:
         return {}, {}
-    gaps = torch.cat([(old[k] - b.sampler_logprobs).abs()[valid[k]] for k, b in sampled.items()])
-    log = {"rollout/logprob_gap_mean": float(gaps.mean()), "rollout/logprob_gap_max": float(gaps.max())}
-    if cap is None:
-        return {}, log
-    is_weights = {
-        # Rows the engine did not sample (NaN) get weight 1.
-        k: truncated_importance_weights(old[k], b.sampler_logprobs, cap).nan_to_num(1.0)
-        for k, b in sampled.items()
-    }
-    kept = torch.cat([w[valid[k]] for k, w in is_weights.items()])
-    log["rollout/is_weight_mean"] = float(kept.mean())
-    log["rollout/is_capped_fraction"] = float((kept >= cap).float().mean())
+    log = {"rollout/logprob_gap_mean": gap_sum / tokens, "rollout/logprob_gap_max": gap_max}
+    if cap is not None:
+        log["rollout/is_weight_mean"] = weight_sum / tokens
+        log["rollout/is_capped_fraction"] = capped / tokens
     return is_weights, log
 
 
@@ -515,7 +532,11 @@ def policy_update(
                 old[key] = token_logprobs(model, batch)
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch)
-    is_weights, off_policy = _off_policy_correction(old, packed, settings.importance_sampling_cap)
+    is_weights, off_policy = (
+        _off_policy_correction(old, packed, settings.importance_sampling_cap, standins, ranks)
+        if not reuse_current  # the same on every rank, so the collective runs on all or none
+        else ({}, {})
+    )
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     kind_losses = dict.fromkeys(KINDS, 0.0)

@@ -222,7 +222,7 @@ class EvalResult:
 
 
 def evaluate_benchmark(
-    model: PreTrainedModel,
+    model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     settings: EvalSettings,
@@ -258,6 +258,8 @@ def evaluate_benchmark(
         console.print(f"{name}: {stale} saved problems are not in this selection and are left out")
     todo = [p for p in problems if p.id not in saved]
     if engine is None:
+        if model is None:
+            raise ValueError("evaluate_benchmark needs the model or an engine")
         autocast = resolve_autocast("auto", model.device)
         engine = HFEngine(
             model, tokenizer, max_batch_sequences=settings.max_batch_sequences, autocast_dtype=autocast

@@ -63,7 +63,10 @@ def prompt_limits(
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
+    return combine_eos_ids(model.generation_config.eos_token_id, tokenizer)
+
+
+def combine_eos_ids(eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     ids.add(tokenizer.eos_token_id)
     return sorted(i for i in ids if i is not None)
