@@ -44,8 +44,10 @@ def test_a_vllm_engine_built_without_the_hf_model_stops_on_the_same_tokens(tmp_p
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, 5]
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    assert _folder_eos_ids(str(tmp_path), tokenizer) == eos_token_ids(model, tokenizer) == sorted(
-        {tokenizer.eos_token_id, 5}
+    assert (
+        _folder_eos_ids(str(tmp_path), tokenizer)
+        == eos_token_ids(model, tokenizer)
+        == sorted({tokenizer.eos_token_id, 5})
     )
     (tmp_path / "generation_config.json").unlink()
     reloaded, _ = load_model(str(tmp_path))
