@@ -34,20 +34,18 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent
-# "New" below means the objective's new defaults with JSON-only meta output (meta.reasoning=false) on the
-# paper's prompt. The compact prompt is cheaper still, but the embedded model parses 3% of its answers to it
-# at step 1 (0.5 for the paper prompt's JSON-only form, whose example shows the format), and with prefix
-# caching (vLLM) and prefix sharing (update) a long prompt is paid once per problem, not per rollout.
-# masa-new-paper-prompt keeps the <meta> reasoning, to separate what the path costs from what the objective does.
-CHEAP_META = ["meta.reasoning=false"]
+# "New" is masa's defaults: the paper's meta prompt with <meta> reasoning under the new objective (per-kind
+# loss budget, Brier pass-rate reward, mean-centred meta advantages, graded cutoff, calibration switch).
+# masa-json-only asks for the JSON alone (meta.reasoning=false), the cheaper path; on the embedded model
+# only 3-6% of its meta answers parse at step 1, against ~70% with reasoning, so it is not the default.
 ARMS = {
     "grpo": ["algo=grpo"],
     "masa-paper": ["algo=masa", "meta.preset=paper"],
-    "masa-new": ["algo=masa", *CHEAP_META],
-    "masa-efficient-new": ["algo=masa-efficient", *CHEAP_META],
+    "masa-new": ["algo=masa"],
+    "masa-efficient-new": ["algo=masa-efficient"],
     # Same sample path as masa-new (separate RNG streams), no meta gradient: what the meta loss itself does.
-    "masa-loss-weight-0": ["algo=masa", *CHEAP_META, "meta.loss_weight=0"],
-    "masa-new-paper-prompt": ["algo=masa"],
+    "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0"],
+    "masa-json-only": ["algo=masa", "meta.reasoning=false"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {
@@ -457,7 +455,7 @@ def main() -> None:
     parser.add_argument(
         "--meta-eval-reasoning",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="ask GRPO/base for <meta> reasoning (the MASA arms use what they trained with)",
     )
     parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
