@@ -46,6 +46,9 @@ ARMS = {
     # Same sample path as masa-new (separate RNG streams), no meta gradient: what the meta loss itself does.
     "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0"],
     "masa-json-only": ["algo=masa", "meta.reasoning=false"],
+    # Supervised steps on targets built from the true statistics: the way out of a cold start in which the
+    # model's only parseable answer is the prompt's example (scored as unparsed), so no meta group varies.
+    "masa-new-expert": ["algo=masa", "meta.expert_sft=true"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {
