@@ -139,6 +139,37 @@ def meta_eval(
     }
 
 
+def without_example_copies(eval_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Held-out meta numbers recounted from the saved rows with copies of the prompt's format example as
+    unparsed, as training scores them (`masa eval --meta` before this session counted them as parsed)."""
+    from masa.eval.meta_metrics import pass_rate_alignment
+    from masa.meta.prompt import is_example_copy
+
+    rows = [json.loads(x) for x in (eval_dir / "arithmetic" / "problems.jsonl").read_text().splitlines()]
+    predicted, actual, samples, copies, parsed = [], [], 0, 0, 0
+    for row in rows:
+        rates = []
+        for m in row["meta"]:
+            samples += 1
+            copy = m.get("example_copy") or is_example_copy(
+                m["notions"], m["pass_rate"], m["solution_length"], pass_rate_scale=8,
+                max_response_tokens=args.meta_eval_max_tokens,
+            )  # fmt: skip
+            copies += bool(copy)
+            if not copy and m["pass_rate"] is not None:
+                parsed += 1
+                rates.append(m["pass_rate"] / 8)
+        predicted.append(statistics.fmean(rates) if rates else None)
+        actual.append(row["c"] / row["n"])
+    alignment = pass_rate_alignment(predicted, actual)
+    return {
+        "example_copy_rate": copies / samples,
+        "pass_parse_rate_no_copies": parsed / samples,
+        "pearson_no_copies": alignment["pearson"],
+        "mae_no_copies": alignment["mae"],
+    }
+
+
 def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "perf/step_seconds" in r]
@@ -277,6 +308,24 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
             f"| {pm(reach, '.0f')} | {sum(x is not None for x in reach)}/{len(rs)} |"
         )
 
+    print(
+        "\nHeld-out predictions with copies of the prompt's format example counted as unparsed (as training does):"
+    )
+    print("| arm | example-copy rate | pass-rate parse rate | Pearson | MAE |")
+    print("|---|---|---|---|---|")
+    for arm, rs in [("base (untrained)", [{"heldout_meta": base}] if base else []), *by_arm.items()]:
+        hm = [
+            r["heldout_meta"]
+            for r in rs
+            if r.get("heldout_meta") and "example_copy_rate" in r["heldout_meta"]
+        ]
+        if hm:
+            print(
+                f"| {arm} | {pm([h['example_copy_rate'] for h in hm])} | "
+                f"{pm([h['pass_parse_rate_no_copies'] for h in hm])} | {pm([h['pearson_no_copies'] for h in hm])} | "
+                f"{pm([h['mae_no_copies'] for h in hm])} |"
+            )
+
     print(f"\nHeld-out alignment (`masa eval --meta` on each final model; gate at sigma {GATE_SIGMA}):")
     print(
         "| arm | pass@1 | parse rate | Pearson | MAE | gate P / R / F1 | gate P / R / F1 (direction-aware) | gated |"
@@ -345,7 +394,11 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
             "status": "met" if ratio <= TARGETS["step_time_ratio"] else "MISSED",
             "detail": f"{ratio:.2f}x ({per_step('masa-new'):.1f} s vs {per_step('grpo'):.1f} s)",
         }
-    pearsons = [r["heldout_meta"]["pearson"] for r in by_arm.get("masa-new", []) if r.get("heldout_meta")]
+    pearsons = [
+        r["heldout_meta"].get("pearson_no_copies", r["heldout_meta"]["pearson"])
+        for r in by_arm.get("masa-new", [])
+        if r.get("heldout_meta")
+    ]
     m = mean_std(pearsons)[0]
     if m is not None:
         out["held-out Pearson >= 0.5 after MASA (new)"] = {
@@ -486,6 +539,15 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no finished runs in {args.out / 'runs'}")
     base = json.loads(base_file.read_text()) if base_file.exists() else None
+    for record, eval_dir in [
+        *(
+            (r.get("heldout_meta"), args.out / "runs" / f"{r['arm']}-s{r['seed']}" / "meta_eval")
+            for r in runs
+        ),
+        (base, args.out / "base_meta_eval"),
+    ]:
+        if record and (eval_dir / "arithmetic" / "problems.jsonl").is_file():
+            record.update(without_example_copies(eval_dir, args))
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         summary = report(runs, args, base)

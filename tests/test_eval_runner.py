@@ -1,6 +1,7 @@
 """The evaluation runner: pass@k and meta metrics from known completions, incremental saving, resume."""
 
 import json
+import sys
 
 import pytest
 
@@ -111,6 +112,17 @@ def test_meta_metrics_and_plots(tiny, tmp_path):
     assert len(summary_tables([result])) == 2
     # One solution call and one meta call for the single batch.
     assert engine.calls == [2, 2]
+
+
+def test_a_copy_of_the_prompt_example_counts_as_unparsed(tiny, tmp_path, monkeypatch):
+    # As in training: the format example's own notions say nothing about the problem.
+    copy = (
+        '<meta>x</meta>{"math_notion": ["concept one", "concept two"], "pass_rate": 4, "solution_length": 5}'
+    )
+    monkeypatch.setattr(sys.modules[__name__], "META", copy)
+    result, _ = _run(tiny, tmp_path, EvalSettings(n=4, meta=True, meta_n=2, max_tokens=16))
+    assert result.meta["parse_rate"] == 0.0 and result.meta["example_copy_rate"] == 1.0
+    assert all(m["example_copy"] and m["pass_rate"] is None for m in result.problems[0]["meta"])
 
 
 def test_resume_redoes_nothing_finished(tiny, tmp_path):

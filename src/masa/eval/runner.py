@@ -51,8 +51,8 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
-from masa.meta.parse import parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt
+from masa.meta.parse import MetaPrediction, parse_meta_prediction
+from masa.meta.prompt import build_meta_prompt, is_example_copy
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
@@ -451,10 +451,22 @@ def _meta_sample(
     text: str, rollout: Rollout, problem: Problem, stats: SolutionStats, settings: EvalSettings
 ) -> dict[str, Any]:
     prediction = parse_meta_prediction(text, pass_rate_scale=settings.pass_rate_scale)
+    # As in training: a repeat of the prompt's format example says nothing about the problem.
+    copied = is_example_copy(
+        prediction.notions,
+        prediction.pass_rate,
+        prediction.solution_length,
+        pass_rate_scale=settings.pass_rate_scale,
+        max_response_tokens=settings.max_tokens,
+        min_length=settings.meta_min_length,
+    )
+    if copied:
+        prediction = MetaPrediction()
     return {
         "text": text,
         "num_tokens": rollout.num_tokens,
         "finish_reason": str(rollout.finish_reason),
+        "example_copy": copied,
         "pass_rate": prediction.pass_rate,
         "solution_length": prediction.solution_length,
         "notions": prediction.notions,
@@ -507,6 +519,8 @@ class _MetaView:
             "samples": len(self.samples),
             "parse_rate": sum(_any_parsed(m) for m in self.samples) / len(self.samples),
             "field_parse_rates": parsed,
+            # Counted as unparsed above (the rows saved before this existed have no such key).
+            "example_copy_rate": sum(m.get("example_copy", False) for m in self.samples) / len(self.samples),
             # Per problem, over the problems with at least one parsed pass rate.
             "pass_rate": dict(pass_rate_alignment(self.predicted_pass, self.actual_pass)),
             "calibration": [dataclasses.asdict(row) for row in self.calibration()],
