@@ -386,7 +386,8 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
         ok = gap <= TARGETS["accuracy_gap_points"]
         out["MASA (new) within 2 points of GRPO"] = {
             "status": "met" if ok else "MISSED",
-            "detail": f"GRPO {grpo_final:.3f}, MASA new {new:.3f}: {gap:+.1f} points behind",
+            "detail": f"GRPO {grpo_final:.3f}, MASA new {new:.3f}: "
+            + (f"{gap:.1f} points behind" if gap > 0 else f"{-gap:.1f} points ahead"),
         }
     if per_step("masa-new") and per_step("grpo"):
         ratio = per_step("masa-new") / per_step("grpo")
