@@ -33,6 +33,11 @@ def test_yaml_file_is_applied_between_preset_and_overrides(tmp_path):
         ("rollout.n=1", "rollout.n=1 is not valid: must be >= 2 (algo.name=grpo compares rollouts"),
         ("rollout.n=two", "rollout.n must be an integer"),
         ("model.precision=fp8", "allowed values: auto, fp32, bf16"),
+        ("train.checkpoint_format=zip", "allowed values: auto, full, sharded"),
+        (
+            "train.sharded_checkpoint_above_gb=-1",
+            "train.sharded_checkpoint_above_gb=-1.0 is not valid: must be >= 0",
+        ),
         ("train.tensorboard=maybe", "train.tensorboard must be true or false"),
         ("noequals", "must look like section.key=value"),
     ],

@@ -46,12 +46,14 @@ def _sequences(vocab: int) -> list[TrainSequence]:
     ]
 
 
-def _learner(ranks: Ranks, *overrides):
+def _learner(ranks: Ranks, *overrides, resume_from: Path | None = None):
     torch.manual_seed(0)  # LoRA initialises its adapters from torch's generator, as the trainer seeds it
     model, tokenizer = load_model("tiny-random", seed=0)
     cfg = load_config("tiny", overrides=["algo.lr=2e-4", "algo.warmup_steps=0", *overrides])
-    learner = Learner(model, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=None, ranks=ranks)
-    return learner, len(tokenizer)
+    learner = Learner(
+        model, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=None, ranks=ranks, resume_from=resume_from
+    )
+    return learner, tokenizer
 
 
 def _full_params(learner) -> dict[str, torch.Tensor]:
@@ -66,7 +68,13 @@ UPDATE_CASES = {
         "algo.micro_batch_sequences=1",
         "rollout.importance_sampling=true",
     ],
-    "kl and lora": ["algo.kl_coef=0.1", "model.lora.rank=4", "algo.micro_batch_sequences=2"],
+    # Its learner also saves a sharded checkpoint, which one process then loads.
+    "kl and lora": [
+        "algo.kl_coef=0.1",
+        "model.lora.rank=4",
+        "algo.micro_batch_sequences=2",
+        "train.checkpoint_format=sharded",
+    ],
 }
 
 
@@ -74,13 +82,15 @@ def _update_worker(rank, tmp_path):
     ranks = _join(rank, tmp_path)
     results = {}
     for case, overrides in UPDATE_CASES.items():
-        learner, vocab = _learner(ranks, *overrides)
+        learner, tokenizer = _learner(ranks, *overrides)
         assert type(learner.model).__name__.startswith("FSDP")
-        log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
+        log = learner.update(_sequences(len(tokenizer)), random.Random(0), grad_stats=True)
         params = _full_params(learner)
         replica = dict(learner.generation_model.named_parameters())
         assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
         results[case] = {"params": params, "log": log}
+        if learner.sharded_checkpoints:
+            learner.save_checkpoint(tmp_path / case, 1, tokenizer, learner.state_dict(), keep=1)
     if ranks.is_main:
         torch.save(results, tmp_path / "two.pt")
     dist.destroy_process_group()
@@ -91,9 +101,9 @@ def test_two_processes_update_like_one(tmp_path):
     _spawn(_update_worker, tmp_path)
     two = torch.load(tmp_path / "two.pt")
     for case, overrides in UPDATE_CASES.items():
-        learner, vocab = _learner(Ranks(), *overrides)
+        learner, tokenizer = _learner(Ranks(), *overrides)
         before = _full_params(learner)
-        one_log = learner.update(_sequences(vocab), random.Random(0), grad_stats=True)
+        one_log = learner.update(_sequences(len(tokenizer)), random.Random(0), grad_stats=True)
         one = _full_params(learner)
         assert one.keys() == two[case]["params"].keys()
         moved = max(float((one[k] - before[k]).abs().max()) for k in one)
@@ -109,6 +119,28 @@ def test_two_processes_update_like_one(tmp_path):
         assert 0 < one_log.get("rollout/is_capped_fraction", 0.5) < 1
         for key in off_policy:
             assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)
+    _sharded_lora_checkpoint_loads_in_one_process(tmp_path / "kl and lora" / "step-1", two["kl and lora"])
+
+
+def _sharded_lora_checkpoint_loads_in_one_process(checkpoint: Path, two) -> None:
+    """The shards hold the adapter and its optimiser state alone; one process loads them from 2 ranks'."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from masa.checkpoint import SHARDS_DIR
+
+    saved = FileSystemReader(checkpoint / SHARDS_DIR).read_metadata().state_dict_metadata
+    tensors = [key for key in saved if not key.startswith("optimizer.param_groups.")]  # (hyperparameters)
+    assert any(key.startswith("optimizer.state.") for key in tensors)
+    assert all(".lora_" in key for key in tensors)
+    assert "optimizer" not in torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    learner, _ = _learner(Ranks(), *UPDATE_CASES["kl and lora"], resume_from=checkpoint)
+    assert not learner.sharded_checkpoints  # one process writes full checkpoints, whatever the setting
+    for name, tensor in _full_params(learner).items():
+        torch.testing.assert_close(tensor, two["params"][name], atol=1e-6, rtol=0, msg=name)
+    state = learner.optimizer.state_dict()["state"]
+    assert len(state) == len(learner.optimizer.param_groups[0]["params"])
+    assert all(float(s["step"]) == 1 for s in state.values())
+    assert any(s["exp_avg"].abs().sum() > 0 for s in state.values())  # (lora_A's stay 0 while B is 0)
 
 
 def test_rank_shares_are_whole_contiguous_and_cover_everything():
@@ -117,6 +149,21 @@ def test_rank_shares_are_whole_contiguous_and_cover_everything():
         items = [i for s in shares for i in range(count)[s]]
         assert items == list(range(count))
         assert max(len(range(count)[s]) for s in shares) - min(len(range(count)[s]) for s in shares) <= 1
+
+
+def test_checkpoints_are_sharded_above_the_size_and_only_under_torchrun():
+    from masa.checkpoint import writes_sharded
+
+    train = load_config("tiny", overrides=["train.sharded_checkpoint_above_gb=2"]).train
+    assert train.checkpoint_format == "auto"
+    assert writes_sharded(train, distributed=True, state_bytes=3 * 10**9)
+    assert not writes_sharded(train, distributed=True, state_bytes=2 * 10**9)
+    assert not writes_sharded(train, distributed=False, state_bytes=3 * 10**9)  # one process: always full
+    for chosen, sharded in (("full", False), ("sharded", True)):
+        train.checkpoint_format = chosen
+        for size in (10**9, 3 * 10**9):
+            assert writes_sharded(train, distributed=True, state_bytes=size) is sharded
+            assert not writes_sharded(train, distributed=False, state_bytes=size)
 
 
 # ---------------------------------------------------------------- whole training runs, scripted rollouts
@@ -258,9 +305,10 @@ def _torchrun(tmp_path, run, *args, env=None):
 
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory):
-    """An uninterrupted 2-process GRPO run of 3 steps (checkpoint at step 2), through masa's CLI."""
+    """An uninterrupted 2-process GRPO run of 3 steps (checkpoint at step 2), through masa's CLI; its
+    checkpoints are sharded, its final/ a plain Hugging Face folder all the same."""
     tmp_path = tmp_path_factory.mktemp("torchrun")
-    done = _torchrun(tmp_path, "whole")
+    done = _torchrun(tmp_path, "whole", "train.checkpoint_format=sharded")
     assert done.returncode == 0, done.stderr[-3000:]
     start, _ = load_model("tiny-random", seed=0)
     final = _final_weights(tmp_path / "whole")
@@ -269,30 +317,61 @@ def torchrun_run(tmp_path_factory):
 
 
 def test_torchrun_rank_death_then_resume_reaches_the_same_weights(torchrun_run, tmp_path):
-    died = _torchrun(tmp_path, "crash", env={"MASA_TEST_DIE": "1:3"})
+    died = _torchrun(tmp_path, "crash", "train.checkpoint_format=full", env={"MASA_TEST_DIE": "1:3"})
     assert died.returncode != 0
     assert (
         "ChildFailedError" in died.stderr and "exitcode  : 17" in died.stderr
     )  # torchrun names the dead rank
     run = tmp_path / "crash"
-    assert (run / "checkpoints" / "step-2").is_dir() and not (run / "final").exists()
+    assert (run / "checkpoints" / "step-2" / "model.safetensors").is_file() and not (run / "final").exists()
     assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2]
 
     resumed = _torchrun(tmp_path, "crash", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
-    whole, again = _final_weights(torchrun_run), _final_weights(run)
-    for name, tensor in whole.items():
+    _assert_same_final_weights(torchrun_run, run)
+    _resume_in_one_process(run, tmp_path / "one")  # a full-state checkpoint of 2 ranks
+
+
+def test_torchrun_sharded_checkpoint_resumes_exactly(torchrun_run, tmp_path):
+    import shutil
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    checkpoint = torchrun_run / "checkpoints" / "step-2"
+    shards = checkpoint / "dcp"
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    saved = FileSystemReader(shards).read_metadata().state_dict_metadata
+    assert "model.model.norm.weight" in saved and "optimizer.state.model.norm.weight.exp_avg" in saved
+    assert "model.lm_head.weight" not in saved  # tied to the embedding, which is saved once
+    assert not list(checkpoint.glob("*.safetensors")) and (checkpoint / "config.json").is_file()
+    assert "optimizer" not in torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+
+    run = tmp_path / "stopped"  # as if stopped right after its step-2 checkpoint
+    shutil.copytree(torchrun_run, run)
+    shutil.rmtree(run / "checkpoints" / "step-3")
+    shutil.rmtree(run / "final")
+    resumed = _torchrun(tmp_path, "stopped", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoints: sharded" in resumed.stdout
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
+    _assert_same_final_weights(torchrun_run, run)
+    _resume_in_one_process(torchrun_run, tmp_path / "one")  # DCP reshards 2 ranks' shards for one process
+
+
+def _assert_same_final_weights(whole: Path, run: Path) -> None:
+    expected, again = _final_weights(whole), _final_weights(run)
+    for name, tensor in expected.items():
         assert torch.equal(again[name], tensor), name
 
 
-def test_full_state_checkpoint_of_two_processes_resumes_in_one(torchrun_run, tmp_path):
+def _resume_in_one_process(two_process_run: Path, run: Path) -> None:
+    """A copy of a finished 2-process run, resumed from its step-2 checkpoint in this one process."""
     import shutil
 
     from masa.trainer import Trainer, load_run_config
 
-    run = tmp_path / "copy"
-    shutil.copytree(torchrun_run, run)
+    shutil.copytree(two_process_run, run)
     shutil.rmtree(run / "checkpoints" / "step-3")
     shutil.rmtree(run / "final")
     trainer = Trainer(load_run_config(run), run_dir=run, resume=True)

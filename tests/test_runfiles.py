@@ -228,3 +228,58 @@ def test_a_save_removes_the_folders_of_killed_saves(tmp_path, tiny):
     saved = save_checkpoint(checkpoints, 4, model, tokenizer, {"note": "state"}, keep=2)
     assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
     assert (saved / TRAINER_STATE).is_file() and (saved / "model.safetensors").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_save_keeps_the_atomic_folder_guarantees(tmp_path, tiny):
+    """One process stands for every rank: the shards, then rank 0's files, then the rename."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from masa.checkpoint import (
+        SHARDS_DIR,
+        CheckpointError,
+        is_sharded,
+        latest_checkpoint,
+        save_sharded_checkpoint,
+    )
+    from masa.distributed import SINGLE_PROCESS
+
+    model, tokenizer = tiny
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    (checkpoints / ".step-3.a1b2c3d4.tmp").mkdir(parents=True)  # a save killed mid-way
+
+    def shards(folder):
+        dcp.save({"model": model.state_dict()}, storage_writer=dcp.FileSystemWriter(folder))
+
+    def save(step, write_shards=shards):
+        return save_sharded_checkpoint(
+            checkpoints,
+            step,
+            write_shards,
+            model.config,
+            tokenizer,
+            {"note": step},
+            keep=2,
+            ranks=SINGLE_PROCESS,
+        )
+
+    saved = save(4)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-4"] and is_sharded(saved)
+    assert (saved / "config.json").is_file() and (saved / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (saved / SHARDS_DIR).iterdir()) == [".metadata", "__0_0.distcp"]
+    assert not list(saved.rglob("*.safetensors"))
+    assert torch.load(saved / TRAINER_STATE, weights_only=False)["note"] == 4
+
+    def disk_full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointError, match="earlier checkpoints .* are intact"):
+        save(5, disk_full)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
+    save(4, disk_full)  # a complete step-4 is kept, not rewritten
+    assert torch.load(saved / TRAINER_STATE, weights_only=False)["note"] == 4
+    save(6)
+    save(8)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-6", "step-8"]
+    assert latest_checkpoint(checkpoints) == checkpoints / "step-8"

@@ -1,17 +1,22 @@
-"""Atomic, exactly-resumable training checkpoints."""
+"""Atomic, exactly-resumable training checkpoints: full (gathered, written by rank 0) or sharded (DCP)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch.distributed.checkpoint import CheckpointException
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from masa.config import TrainConfig
+from masa.distributed import Ranks
 from masa.runfiles import atomic_folder, is_temp_name, remove_leftovers
 from masa.tracking import CONFIG_FILE
 
@@ -20,6 +25,9 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _PARTIAL_DIR = re.compile(r"^\.step-\d+[-.]")
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS_DIR = "checkpoints"
+SHARDS_DIR = "dcp"
+"""In a sharded ``step-N``: the torch.distributed.checkpoint folder (every rank's shards and their index)."""
+_SHARDS_INDEX = ".metadata"  # written by DCP's coordinator last, once every rank's shards are on disk
 
 
 class CheckpointError(RuntimeError):
@@ -72,9 +80,85 @@ def save_checkpoint(
                 f"could not write checkpoint {target} ({exc}); "
                 f"earlier checkpoints in {checkpoints_dir} are intact"
             ) from exc
+    _prune(checkpoints_dir, keep)
+    return target
+
+
+def writes_sharded(train: TrainConfig, *, distributed: bool, state_bytes: int) -> bool:
+    """Whether a run's checkpoints are sharded (DCP) rather than gathered and written by rank 0.
+
+    ``state_bytes`` is what a full checkpoint gathers: the trainable weights and their optimiser state.
+    One process holds all of it anyway, so it always writes a full checkpoint.
+    """
+    if not distributed or train.checkpoint_format == "full":
+        return False
+    if train.checkpoint_format == "sharded":
+        return True
+    return state_bytes > train.sharded_checkpoint_above_gb * 1e9
+
+
+def is_sharded(checkpoint: Path) -> bool:
+    return (checkpoint / SHARDS_DIR / _SHARDS_INDEX).is_file()
+
+
+def save_sharded_checkpoint(
+    checkpoints_dir: Path,
+    step: int,
+    write_shards: Callable[[Path], None],
+    model_config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    trainer_state: dict[str, Any],
+    *,
+    keep: int,
+    ranks: Ranks,
+) -> Path:
+    """``save_checkpoint`` for state too large to gather (collective: every rank calls it).
+
+    Every rank writes its shards into rank 0's temporary folder (``write_shards``, given the DCP folder);
+    rank 0 adds the model's config.json, the tokenizer and ``trainer_state.pt``, and renames the folder
+    into place once every rank's shards are written. The guarantees are ``save_checkpoint``'s: a failed
+    or killed save leaves the earlier checkpoints as they were, its temporary folder is removed by the next
+    save or resume, and a complete ``step-N`` is kept. The folder must be on a file system all ranks see.
+    """
+    target = checkpoints_dir / f"step-{step}"
+    if ranks.is_main:
+        remove_partial_checkpoints(checkpoints_dir)
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    if not ranks.from_main((target / TRAINER_STATE).is_file()):
+        try:
+            with _shared_atomic_folder(target, ranks) as tmp:
+                write_shards(tmp / SHARDS_DIR)
+                if ranks.is_main:
+                    model_config.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
+        except (OSError, CheckpointException) as exc:
+            raise CheckpointError(
+                f"could not write checkpoint {target} ({exc}); "
+                f"earlier checkpoints in {checkpoints_dir} are intact"
+            ) from exc
+    if ranks.is_main:
+        _prune(checkpoints_dir, keep)
+    # No rank goes on (and possibly saves again) before the folder is in place.
+    ranks.barrier()
+    return target
+
+
+@contextlib.contextmanager
+def _shared_atomic_folder(target: Path, ranks: Ranks) -> Iterator[Path]:
+    """Rank 0's ``atomic_folder``, written into by every rank: renamed into place when all have finished."""
+    if not ranks.is_main:
+        yield ranks.from_main(target)
+        ranks.barrier()
+        return
+    with atomic_folder(target) as tmp:
+        yield ranks.from_main(tmp)
+        ranks.barrier()
+
+
+def _prune(checkpoints_dir: Path, keep: int) -> None:
     for old in list_checkpoints(checkpoints_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def save_model_folder(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:

@@ -245,6 +245,15 @@ class TrainConfig:
     eval_every: int = 10
     save_every: int = 10
     keep_checkpoints: int = 2
+    checkpoint_format: Literal["auto", "full", "sharded"] = "auto"
+    """Under torchrun: full gathers the weights and optimiser state and rank 0 writes them (a Hugging Face
+    folder plus trainer_state.pt, resumable at any world size; the state must fit in host memory); sharded
+    has every rank write its own shards with torch.distributed.checkpoint (DCP, on a file system all ranks
+    share; also resumable at any world size); auto is sharded when the state exceeds
+    sharded_checkpoint_above_gb. One process always writes full."""
+    sharded_checkpoint_above_gb: float = 16.0
+    """With checkpoint_format=auto: the size in GB (10^9 bytes) of the trainable weights plus their two
+    AdamW moments above which checkpoints are sharded."""
     output_dir: str = "runs"
     run_name: str | None = None
     tensorboard: bool = False
@@ -486,6 +495,12 @@ def _check_values(cfg: Config) -> None:
     _require(t.save_every >= 0, "train.save_every", ">= 0 (0 saves only at the end)", t.save_every)
     _require(t.grad_stats_every >= 0, "train.grad_stats_every", ">= 0 (0 disables)", t.grad_stats_every)
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
+    _require(
+        t.sharded_checkpoint_above_gb >= 0,
+        "train.sharded_checkpoint_above_gb",
+        ">= 0",
+        t.sharded_checkpoint_above_gb,
+    )
     _require(d.eval_size >= 1, "data.eval_size", ">= 1", d.eval_size)
     _require(d.arithmetic_train_size >= 1, "data.arithmetic_train_size", ">= 1", d.arithmetic_train_size)
     _require(

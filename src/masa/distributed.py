@@ -69,6 +69,14 @@ class Ranks:
         dist.all_gather_object(out, value)
         return out
 
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank, whatever the others pass (pickled: meant for small objects)."""
+        if not self.distributed:
+            return value
+        box: list[Any] = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def sum(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
         """Element-wise sum of a vector of numbers over all ranks."""
         if not self.distributed:

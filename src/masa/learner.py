@@ -4,29 +4,45 @@ from __future__ import annotations
 
 import copy
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from masa.checkpoint import save_checkpoint, save_model_folder
+from masa.checkpoint import (
+    SHARDS_DIR,
+    is_sharded,
+    save_checkpoint,
+    save_model_folder,
+    save_sharded_checkpoint,
+    writes_sharded,
+)
 from masa.config import Config, LoraConfig
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.update import TrainSequence, UpdateSettings, policy_update
+
+# Sharded checkpoints hold the trainable parameters only (with LoRA the adapter): loading them leaves the
+# frozen ones as the base model has them.
+_SHARDED = StateDictOptions(strict=False)
 
 
 class Learner:
     """Owns the policy being optimised and everything about how it is optimised.
 
     The trainer asks it for an optimiser step (``update``), for the weights a rollout engine should
-    sample with (``generation_model``, ``full_weights``) and for what a checkpoint stores (``state_dict``).
+    sample with (``generation_model``, ``full_weights``) and for checkpoints (``save_checkpoint``, with
+    ``state_dict`` the part of them the trainer's state carries).
     In one process the policy is the model itself and the engine shares it. Under torchrun the policy is
     sharded with FSDP2 (``fully_shard`` per decoder layer, then the root); generation then runs on a
     plain replica that is refreshed from the shards after every optimiser step, one parameter at a time,
@@ -71,8 +87,16 @@ class Learner:
         self._replica: PreTrainedModel | None = None
         if ranks.distributed:
             self._replica = copy.deepcopy(model).eval().requires_grad_(False)
+        shards = resume_from / SHARDS_DIR if resume_from is not None and is_sharded(resume_from) else None
         if self.lora.rank:
-            model = _with_adapter(model, self.lora, resume_from)
+            model = _with_adapter(model, self.lora, None if shards else resume_from)
+        # What a full checkpoint gathers: the trainable weights and AdamW's two moments (of their dtype).
+        self.checkpoint_bytes = 3 * sum(
+            p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
+        )
+        self.sharded_checkpoints = writes_sharded(
+            config.train, distributed=ranks.distributed, state_bytes=self.checkpoint_bytes
+        )
         if ranks.distributed:
             _shard(model, config, autocast_dtype)
             if self.ref_model is not None:
@@ -86,6 +110,8 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
         )
+        if shards is not None:
+            self._load_shards(shards)
 
     # ------------------------------------------------------------------------------------ updates
     def update(
@@ -144,17 +170,19 @@ class Learner:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser and schedule state, keyed by parameter name so it loads at any world size.
+        """Schedule state and, unless checkpoints are sharded (their shards hold it), the optimiser state
+        keyed by parameter name so it loads at any world size.
 
         Collective under torchrun: every rank calls it; the full state comes back on every rank.
         """
-        return {
-            "optimizer": self._optimizer_state(self.optimizer),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        state = {"scheduler": self.scheduler.state_dict()}
+        if not self.sharded_checkpoints:
+            state["optimizer"] = self._optimizer_state(self.optimizer)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["optimizer"] is not None:
+        """A full checkpoint's optimiser state (a sharded one's was loaded with its weights) and schedule."""
+        if state.get("optimizer") is not None:
             set_optimizer_state_dict(
                 self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
             )
@@ -169,8 +197,21 @@ class Learner:
         *,
         keep: int,
     ) -> Path:
-        """Rank 0 writes ``step-N`` (full weights as a Hugging Face folder, or with LoRA the adapter as a
-        peft folder); the others wait for it."""
+        """Write ``step-N`` (collective). Full: rank 0 writes the gathered weights as a Hugging Face folder
+        (with LoRA the adapter as a peft folder) while the others wait. Sharded: every rank writes its
+        shards of the weights (with LoRA the adapter) and optimiser state with torch.distributed.checkpoint,
+        and rank 0 the rest."""
+        if self.sharded_checkpoints:
+            return save_sharded_checkpoint(
+                checkpoints_dir,
+                step,
+                self._write_shards,
+                self.generation_model.config,
+                tokenizer,
+                trainer_state,
+                keep=keep,
+                ranks=self.ranks,
+            )
         weights = _Weights(self.model, self._adapter_state()) if self.lora.rank else self.generation_model
         if self.ranks.is_main:
             save_checkpoint(checkpoints_dir, step, weights, tokenizer, trainer_state, keep=keep)
@@ -190,6 +231,39 @@ class Learner:
             save_model_folder(target, weights, tokenizer)
         self.ranks.barrier()
         return target
+
+    def _write_shards(self, folder: Path) -> None:
+        state = {"model": self._trainable_shards()}
+        if self.optimizer.state:  # see _optimizer_state
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=_SHARDED)
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(folder))
+
+    def _load_shards(self, folder: Path) -> None:
+        """Weights and optimiser state of a sharded checkpoint; DCP reshards them to this run's world size
+        (one process included)."""
+        reader = dcp.FileSystemReader(folder)
+        state = {"model": self._trainable_shards()}
+        # A checkpoint saved before the first optimiser step has no optimiser state.
+        if any(key.startswith("optimizer.") for key in reader.read_metadata().state_dict_metadata):
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=_SHARDED)
+        with warnings.catch_warnings():
+            # Loading in one process, DCP says it assumes one process: that is what is meant.
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, storage_reader=reader)
+        set_model_state_dict(self.model, state["model"], options=_SHARDED)
+        if "optimizer" in state:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=_SHARDED)
+        self._refresh_replica()
+
+    def _trainable_shards(self) -> dict[str, Any]:
+        """This rank's shards of the trainable parameters, by name. torch lists a tied weight under each
+        of its names (and the frozen ones too); once is enough, and the frozen ones come from the base
+        model."""
+        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        state = get_model_state_dict(self.model, options=_SHARDED)
+        if trainable - state.keys():  # names torch rewrote: saving would silently skip these weights
+            raise RuntimeError(f"parameters missing from the model's state dict: {trainable - state.keys()}")
+        return {name: tensor for name, tensor in state.items() if name in trainable}
 
     def _adapter_state(self) -> dict[str, torch.Tensor]:
         """The LoRA parameters, gathered (collective under torchrun)."""
@@ -221,9 +295,9 @@ def _importance_sampling(config: Config) -> bool:
 
 
 def weights_source(config: Config, resume_from: Path | None) -> str:
-    """Where the policy's weights start: a checkpoint's full weights, or with LoRA the base model (a LoRA
-    checkpoint holds only the adapter, which the learner loads on top)."""
-    if resume_from is None or config.model.lora.rank:
+    """Where the policy's weights start: a full checkpoint's weights, or the base model when the learner
+    loads the checkpoint's on top (the adapter of a LoRA checkpoint, the shards of a sharded one)."""
+    if resume_from is None or config.model.lora.rank or is_sharded(resume_from):
         return config.model.name
     return str(resume_from)
 

@@ -123,6 +123,8 @@ class Trainer:
             ranks=self.ranks,
             resume_from=resume_from,
         )
+        if self.ranks.distributed or config.train.checkpoint_format == "sharded":
+            self.console.print(_describe_checkpoints(self.learner))
         self.ranks.seed_generation(config.train.seed)
         # Built from the weights just loaded (the checkpoint's, on resume), before any optimiser step.
         engine = SyncedEngine(
@@ -138,6 +140,10 @@ class Trainer:
             # Tied weights under every name: vLLM's CPU backend keeps its own packed copy of a tied lm_head.
             functools.partial(self.learner.full_weights, remove_duplicate=False),
         )
+        if resume_from is not None and model_source != str(resume_from):
+            # An engine that loads its own copy (vLLM) started from the base model, not from the adapter or
+            # shards the learner restored on top of it.
+            engine.load_weights(self.learner.full_weights(remove_duplicate=False), engine.weights_version)
         self.engine = SplitEngine(engine, self.ranks) if self.ranks.distributed else engine
         self.sampling = SamplingParams(
             config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens
@@ -804,6 +810,15 @@ def load_run_config(run_dir: Path) -> Config:
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _describe_checkpoints(learner: Learner) -> str:
+    size = f"{learner.checkpoint_bytes / 1e9:.2f} GB of trainable weights and optimiser state"
+    if learner.sharded_checkpoints:
+        return f"checkpoints: sharded, every rank writes its shards ({size})"
+    if learner.ranks.distributed:
+        return f"checkpoints: full, gathered and written by rank 0 ({size})"
+    return "checkpoints: full (train.checkpoint_format=sharded shards only under torchrun)"
 
 
 def _mean(values: list[float]) -> float:
