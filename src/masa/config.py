@@ -132,10 +132,11 @@ class AlgoConfig:
     adv_eps: float = 1e-6
     scale_advantages: bool = True
     """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
-    prefix_sharing: bool = True
+    prefix_sharing: bool = False
     """In the update, forward each problem's prompt once for all its completions: the same gradient (within
     1e-5), 61-83% fewer tokens through forward and backward on the default task, 13-40% fewer CPU seconds
-    per update (benchmarks/update_cost.py). Not with model.gradient_checkpointing, which drops the
+    per update in one process (benchmarks/update_cost.py). Off by default until it is proven under FSDP
+    (a 2-process update test stalled with it on). Not with model.gradient_checkpointing, which drops the
     key/value cache: there it runs unshared."""
 
 
