@@ -44,8 +44,8 @@ from masa.eval.meta_metrics import gate_side_matches
 from masa.learner import Learner, weights_source
 from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
-from masa.meta.parse import FIELDS, MetaPrediction, parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt, is_example_copy
+from masa.meta.parse import MetaPrediction
+from masa.meta.prompt import build_meta_prompt, parse_meta_answer
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
@@ -382,16 +382,13 @@ class Trainer:
 
     def _parse_meta(self, text: str) -> MetaPrediction:
         mc = self.cfg.meta
-        pred = parse_meta_prediction(text, pass_rate_scale=mc.pass_rate_scale)
-        copied = is_example_copy(
-            pred.notions,
-            pred.pass_rate,
-            pred.solution_length,
+        prediction, _ = parse_meta_answer(
+            text,
             pass_rate_scale=mc.pass_rate_scale,
             max_response_tokens=self.cfg.rollout.max_new_tokens,
             min_length=mc.min_length,
         )
-        return MetaPrediction(reasons=dict.fromkeys(FIELDS, "copied the prompt example")) if copied else pred
+        return prediction
 
     def _meta_rewards(self, problem: Problem, metas: list[MetaRollout], stats: SolutionStats) -> list:
         mc = self.cfg.meta

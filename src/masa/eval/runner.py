@@ -51,8 +51,7 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
-from masa.meta.parse import MetaPrediction, parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt, is_example_copy
+from masa.meta.prompt import build_meta_prompt, parse_meta_answer
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
@@ -450,18 +449,12 @@ def _meta_prompt(problem: Problem, settings: EvalSettings) -> str:
 def _meta_sample(
     text: str, rollout: Rollout, problem: Problem, stats: SolutionStats, settings: EvalSettings
 ) -> dict[str, Any]:
-    prediction = parse_meta_prediction(text, pass_rate_scale=settings.pass_rate_scale)
-    # As in training: a repeat of the prompt's format example says nothing about the problem.
-    copied = is_example_copy(
-        prediction.notions,
-        prediction.pass_rate,
-        prediction.solution_length,
+    prediction, copied = parse_meta_answer(
+        text,
         pass_rate_scale=settings.pass_rate_scale,
         max_response_tokens=settings.max_tokens,
         min_length=settings.meta_min_length,
     )
-    if copied:
-        prediction = MetaPrediction()
     return {
         "text": text,
         "num_tokens": rollout.num_tokens,

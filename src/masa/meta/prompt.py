@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from masa.meta.parse import FIELDS, MetaPrediction, parse_meta_prediction
+
 DEFAULT_MIN_LENGTH = 128
 
 # Placeholders are substituted in a single regex pass (see ``build_meta_prompt``), so the literal JSON braces
@@ -142,3 +144,22 @@ def is_example_copy(
     if notions:
         return [n.strip().lower() for n in notions] == EXAMPLE_NOTIONS
     return pass_rate == pass_rate_scale // 2 and solution_length == (low + high) // 2
+
+
+def parse_meta_answer(
+    text: str, *, pass_rate_scale: int, max_response_tokens: int, min_length: int = DEFAULT_MIN_LENGTH
+) -> tuple[MetaPrediction, bool]:
+    """A meta answer as training and evaluation score it: parsed, with a copy of the prompt's format
+    example unparsed. Returns the prediction and whether it was such a copy."""
+    prediction = parse_meta_prediction(text, pass_rate_scale=pass_rate_scale)
+    copied = is_example_copy(
+        prediction.notions,
+        prediction.pass_rate,
+        prediction.solution_length,
+        pass_rate_scale=pass_rate_scale,
+        max_response_tokens=max_response_tokens,
+        min_length=min_length,
+    )
+    if copied:
+        return MetaPrediction(reasons=dict.fromkeys(FIELDS, "copied the prompt example")), True
+    return prediction, False
