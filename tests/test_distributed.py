@@ -29,9 +29,21 @@ def _join(rank: int, tmp_path) -> Ranks:
     return Ranks(rank=rank, world=WORLD)
 
 
-def _sequences(vocab: int) -> list[TrainSequence]:
-    """Lengths chosen so the ranks' shares differ in sequences and tokens (rank 0: 3 long, rank 1: 2)."""
+def _sequences(vocab: int, case: str = "") -> list[TrainSequence]:
+    """Lengths chosen so the ranks' shares differ in sequences and tokens (rank 0: 3 long, rank 1: 2).
+
+    For prefix sharing, two solution groups of three (prompt lengths 3 and 4) and a meta group of three.
+    """
     rng = random.Random(1)
+    if "prefix sharing" in case:
+        groups = [(3, "solution", [2, 9, 5]), (4, "solution", [1, 7, 3]), (5, "meta", [4, 11, 6])]
+        sequences = []
+        for prompt_length, kind, lengths in groups:
+            prompt = [rng.randrange(vocab) for _ in range(prompt_length)]
+            for length, advantage in zip(lengths, (1.0, -0.4, 0.6), strict=True):
+                completion = [rng.randrange(vocab) for _ in range(length)]
+                sequences.append(TrainSequence(prompt, completion, advantage, kind=kind))
+        return sequences
     shapes = [(3, 2, 1.0), (5, 9, -0.5), (2, 17, 0.7), (4, 5, -1.2), (6, 30, 0.3), (3, 4, 0.0)]
     # Sampler log-probs far enough from the policy's that some importance weights hit the cap.
     return [
@@ -75,6 +87,9 @@ UPDATE_CASES = {
         "algo.micro_batch_sequences=2",
         "train.checkpoint_format=sharded",
     ],
+    # Rank 0's first micro-batch shares a prompt (two forwards), rank 1's does not: the ranks must still
+    # run the same passes, or FSDP's all-gathers pair up wrongly and both wait for ever.
+    "prefix sharing": ["algo.prefix_sharing=true", "algo.micro_batch_sequences=2"],
 }
 
 
@@ -84,7 +99,7 @@ def _update_worker(rank, tmp_path):
     for case, overrides in UPDATE_CASES.items():
         learner, tokenizer = _learner(ranks, *overrides)
         assert type(learner.model).__name__.startswith("FSDP")
-        log = learner.update(_sequences(len(tokenizer)), random.Random(0), grad_stats=True)
+        log = learner.update(_sequences(len(tokenizer), case), random.Random(0), grad_stats=True)
         params = _full_params(learner)
         replica = dict(learner.generation_model.named_parameters())
         assert all(torch.equal(replica[name], tensor) for name, tensor in params.items())
@@ -103,7 +118,7 @@ def test_two_processes_update_like_one(tmp_path):
     for case, overrides in UPDATE_CASES.items():
         learner, tokenizer = _learner(Ranks(), *overrides)
         before = _full_params(learner)
-        one_log = learner.update(_sequences(len(tokenizer)), random.Random(0), grad_stats=True)
+        one_log = learner.update(_sequences(len(tokenizer), case), random.Random(0), grad_stats=True)
         one = _full_params(learner)
         assert one.keys() == two[case]["params"].keys()
         moved = max(float((one[k] - before[k]).abs().max()) for k in one)

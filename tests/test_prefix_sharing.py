@@ -122,6 +122,25 @@ def test_pack_shares_identical_prompts_only():
     assert not pack(sequences[:2], pad_id=0, share_prompts=True).shared
 
 
+def test_uniform_passes_take_the_shared_path_with_the_same_logprobs(tiny):
+    """Under FSDP every micro-batch must run the same passes: two, even with nothing to share and a
+    one-token completion (whose second pass then sees only padding)."""
+    model, _ = tiny
+    distinct = [TrainSequence([1, 40, 41], [50], 1.0), TrainSequence([1, 42], [51], -1.0)]
+    uniform = pack(distinct, pad_id=2, share_prompts=True, uniform_passes=True)
+    joint = pack(distinct, pad_id=2, share_prompts=True)
+    assert uniform.shared and not joint.shared
+    assert uniform.completion_ids.shape[1] == 2 and uniform.completion_mask[:, 1].sum() == 0
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        two_pass = token_logprobs(model, uniform)
+        one_pass = token_logprobs(model, joint)
+    hook.remove()
+    assert len(calls) == 3  # two for the uniform batch, one for the joint one
+    torch.testing.assert_close(two_pass[:, :1], one_pass, atol=1e-5, rtol=0)
+
+
 def test_logprobs_use_each_sequences_own_temperature(tiny):
     model, _ = tiny
     prompt, completion = [1, 40, 41, 42], [50, 51, 52]

@@ -84,8 +84,14 @@ def pack(
     device: torch.device | str = "cpu",
     *,
     share_prompts: bool = False,
+    uniform_passes: bool = False,
 ) -> PackedBatch:
-    """Lay ``sequences`` out for one forward; ``share_prompts`` gives identical prompts a single row."""
+    """Lay ``sequences`` out for one forward; ``share_prompts`` gives identical prompts a single row.
+
+    With ``uniform_passes`` a shared layout is used (a prompt pass, then a completion pass) even when
+    nothing repeats, and completions get at least two columns, so every batch costs the same two
+    forwards: under FSDP each forward all-gathers the parameters, and every rank must gather alike.
+    """
     rows: dict[tuple[int, ...], int] = {}
     if share_prompts:
         prompt_index = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in sequences]
@@ -99,7 +105,7 @@ def pack(
         if prompt:
             prompt_ids[row, -len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             prompt_mask[row, -len(prompt) :] = 1
-    width = max(max(len(s.completion_ids) for s in sequences), 1)
+    width = max(max(len(s.completion_ids) for s in sequences), 2 if share_prompts and uniform_passes else 1)
     completion_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros(len(sequences), width)
     for row, seq in enumerate(sequences):
@@ -132,8 +138,9 @@ def pack(
         completion_mask=completion_mask.to(device),
         advantages=advantages.to(device),
         temperatures=torch.tensor([s.temperature for s in sequences], dtype=torch.float32, device=device),
-        # With nothing to share, one joint forward is cheaper than a prompt pass plus a completion pass.
-        shared=len(prompts) < len(sequences),
+        # With nothing to share, one joint forward is cheaper than a prompt pass plus a completion pass
+        # (unless the passes must be uniform).
+        shared=len(prompts) < len(sequences) or (share_prompts and uniform_passes),
         sampler_logprobs=sampler,
     )
 
@@ -504,7 +511,13 @@ def policy_update(
             standins.update(kind_standins)
         plans.append((scales, micro))
     packed = {
-        key: pack([sequences[i] for i in key], pad_id, device, share_prompts=settings.prefix_sharing)
+        key: pack(
+            [sequences[i] for i in key],
+            pad_id,
+            device,
+            share_prompts=settings.prefix_sharing,
+            uniform_passes=ranks.world > 1,
+        )
         for _, micro in plans
         for key in micro
     }
