@@ -35,7 +35,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent
 # "New" is masa's defaults: the paper's meta prompt with <meta> reasoning under the new objective (per-kind
-# loss budget, Brier pass-rate reward, mean-centred meta advantages, graded cutoff, calibration switch).
+# loss budget, Brier pass-rate reward, mean-centred meta advantages, graded cutoff, calibration switch,
+# expert SFT).
 # masa-json-only asks for the JSON alone (meta.reasoning=false), the cheaper path; on the embedded model
 # only 3-6% of its meta answers parse at step 1, against ~70% with reasoning, so it is not the default.
 ARMS = {
@@ -46,9 +47,10 @@ ARMS = {
     # Same sample path as masa-new (separate RNG streams), no meta gradient: what the meta loss itself does.
     "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0"],
     "masa-json-only": ["algo=masa", "meta.reasoning=false"],
-    # Supervised steps on targets built from the true statistics: the way out of a cold start in which the
-    # model's only parseable answer is the prompt's example (scored as unparsed), so no meta group varies.
-    "masa-new-expert": ["algo=masa", "meta.expert_sft=true"],
+    # Without the supervised steps on targets built from the true statistics, a model whose only parseable
+    # answer is the prompt's example (scored as unparsed) has no meta group that varies: the cold start
+    # expert SFT (a default since this verdict) gets it out of.
+    "masa-new-no-expert": ["algo=masa", "meta.expert_sft=false"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {

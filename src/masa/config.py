@@ -132,12 +132,12 @@ class AlgoConfig:
     adv_eps: float = 1e-6
     scale_advantages: bool = True
     """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
-    prefix_sharing: bool = False
+    prefix_sharing: bool = True
     """In the update, forward each problem's prompt once for all its completions: the same gradient (within
     1e-5), 61-83% fewer tokens through forward and backward on the default task, 13-40% fewer CPU seconds
-    per update in one process (benchmarks/update_cost.py). Off by default until it is proven under FSDP
-    (a 2-process update test stalled with it on). Not with model.gradient_checkpointing, which drops the
-    key/value cache: there it runs unshared."""
+    per update in one process (benchmarks/update_cost.py). Under FSDP every micro-batch then takes the
+    two-pass (prompt, completions) path, so all ranks all-gather alike. Not with
+    model.gradient_checkpointing, which drops the key/value cache: there it runs unshared."""
 
 
 @dataclass
@@ -188,8 +188,10 @@ class MetaConfig:
     loss_aggregation: Literal["per_kind", "joint"] = "per_kind"
     """per_kind: the budget above. joint: one token-mean over solution and meta tokens together (the paper's
     batch; meta then owns the update in proportion to its tokens), with loss_weight scaling meta tokens."""
-    expert_sft: bool = False
-    """Supervised steps on self-generated expert meta trajectories (paper v1)."""
+    expert_sft: bool = True
+    """Supervised steps on self-generated expert meta trajectories (paper v1). On by default: a model that
+    cannot yet write the meta format gets no meta reward variance, so without it the meta path never starts
+    learning (benchmarks/README.md, the verdict); a model that already writes it can save the cost with false."""
     expert_threshold: float = 0.2
     """Least notion score for a meta rollout to be kept as the expert's reasoning."""
     expert_fallback: bool = True
@@ -293,6 +295,7 @@ PAPER_FORMULATION: dict[str, dict[str, Any]] = {
         "scale_advantages": True,
         "field_credit": False,
         "notions": True,
+        "expert_sft": False,  # v2, the paper's main text, has none; v1's code shipped it disabled
     },
     "efficient": {"switch": "steps", "grade_cutoff": False},
 }
