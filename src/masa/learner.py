@@ -58,7 +58,10 @@ class Learner:
         autocast_dtype: torch.dtype | None,
         ranks: Ranks = SINGLE_PROCESS,
         resume_from: Path | None = None,
+        reference: PreTrainedModel | None = None,
     ):
+        """``reference`` is the KL anchor (with ``algo.kl_coef`` > 0) when ``model`` is not the model the
+        run started from (a full checkpoint's weights, on resume); by default ``model`` itself is."""
         a, mc = config.algo, config.meta
         self.lora = config.model.lora
         self.ranks = ranks
@@ -83,7 +86,9 @@ class Learner:
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if a.kl_coef > 0 else None
+        self.ref_model = (
+            (reference or copy.deepcopy(model)).eval().requires_grad_(False) if a.kl_coef > 0 else None
+        )
         self._replica: PreTrainedModel | None = None
         if ranks.distributed:
             self._replica = copy.deepcopy(model).eval().requires_grad_(False)

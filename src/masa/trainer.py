@@ -115,6 +115,12 @@ class Trainer:
             f"{len(self.eval_problems)} held-out ({config.data.eval}); loading model {model_source}"
         )
         model, self.tokenizer = load_model(model_source, seed=config.train.seed, notify=self.console.print)
+        # The KL term anchors to the model the run started from, not to the checkpoint it resumes.
+        reference = (
+            load_model(config.model.name, seed=config.train.seed)[0].to(self.device)
+            if config.algo.kl_coef > 0 and model_source != config.model.name
+            else None
+        )
         self.learner = Learner(
             model.to(self.device),
             config,
@@ -122,6 +128,7 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             ranks=self.ranks,
             resume_from=resume_from,
+            reference=reference,
         )
         if self.ranks.distributed or config.train.checkpoint_format == "sharded":
             self.console.print(_describe_checkpoints(self.learner))
