@@ -29,6 +29,9 @@ class ScriptedEngine:
     def load_weights(self, named_tensors, version: int) -> None:
         self.weights_version = version
 
+    def close(self) -> None:
+        pass
+
     def _problem(self, text: str) -> Problem:
         return next(p for p in self.problems if p.prompt in text)
 

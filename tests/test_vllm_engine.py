@@ -44,6 +44,44 @@ QUICK = [
 ]
 
 
+def test_torchrun_gives_each_rank_its_own_engine_synced_from_the_shards(tmp_path):
+    """First in the module, while this process holds no engine: the two ranks need ~6 GB each.
+
+    Two ranks, each sampling its share of the problems with its own vLLM engine, which gets the weights
+    gathered from the FSDP shards after every optimiser step; the engines shut down before the process
+    group does (otherwise vLLM's exit-time shutdown fails with a traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    settings = [*QUICK, "algo=grpo", "train.steps=2", "model.threads=1", "data.eval=null"]
+    done = subprocess.run(
+        [
+            *command,
+            str(Path(__file__).parent / "torchrun_train.py"),
+            "train",
+            *settings,
+            f"train.output_dir={tmp_path}",
+            "train.run_name=run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "perf/step_seconds" in r]
+    assert len(steps) == 2
+    trained = [r for r in steps if r["update/trained_sequences"] > 0]
+    assert trained  # the length reward of torchrun_train.py varies within a group
+    for row in trained:
+        assert row["perf/weight_sync_seconds"] > 0
+        assert row["rollout/logprob_gap_max"] < 1e-3  # each engine holds the gathered fp32 policy
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     model, tokenizer = load_model(SMOLLM2)

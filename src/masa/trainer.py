@@ -797,6 +797,7 @@ def train(
     try:
         return trainer.fit()
     finally:
+        trainer.engine.close()  # before the process group its engine may have built groups from
         close_ranks(trainer.ranks)
 
 

@@ -49,6 +49,10 @@ class RolloutEngine(Protocol):
         """Hold these weights (checkpoint names, as ``model.named_parameters()``) as policy ``version``."""
         ...
 
+    def close(self) -> None:
+        """Release what the engine holds (workers, memory, process groups); it generates no more."""
+        ...
+
 
 def prompt_limits(
     prompts: Sequence[list[int]], params: SamplingParams, max_tokens: Sequence[int] | None
@@ -147,6 +151,9 @@ class HFEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Nothing to copy: this engine samples from the policy module itself."""
         self.weights_version = version
+
+    def close(self) -> None:
+        """Nothing to release: the policy module is the trainer's."""
 
     def generate(
         self,

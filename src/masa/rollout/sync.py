@@ -49,6 +49,9 @@ class SyncedEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         self.engine.load_weights(named_tensors, version)
 
+    def close(self) -> None:
+        self.engine.close()
+
     def generate(
         self,
         prompts: Sequence[list[int]],

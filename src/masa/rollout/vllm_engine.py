@@ -158,6 +158,12 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self.weights_version = version
 
+    def close(self) -> None:
+        """Shut the engine core down now. Otherwise it shuts down when collected or at exit; under torchrun
+        that is after masa has destroyed the process group its parallel groups were made from, and the
+        shutdown fails with a traceback. Idempotent."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def generate(
         self,
         prompts: Sequence[list[int]],
