@@ -44,8 +44,9 @@ ARMS = {
     "masa-paper": ["algo=masa", "meta.preset=paper"],
     "masa-new": ["algo=masa"],
     "masa-efficient-new": ["algo=masa-efficient"],
-    # Same sample path as masa-new (separate RNG streams), no meta gradient: what the meta loss itself does.
-    "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0"],
+    # Same sample path as masa-new (separate RNG streams), no meta gradient (neither the meta loss nor the
+    # expert term): what the meta path's gradient itself does.
+    "masa-loss-weight-0": ["algo=masa", "meta.loss_weight=0", "meta.expert_sft=false"],
     "masa-json-only": ["algo=masa", "meta.reasoning=false"],
     # Without the supervised steps on targets built from the true statistics, a model whose only parseable
     # answer is the prompt's example (scored as unparsed) has no meta group that varies: the cold start

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=4, help="problems per step (preset: 8)")
     parser.add_argument("--n", type=int, default=8, help="G solutions and M metas per problem")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "vllm_step_time.json")
     args = parser.parse_args()
     shared = [
         f"train.steps={args.steps}",
@@ -101,9 +102,11 @@ def main() -> None:
                 f"{algo}: vLLM step {speedups[algo]:.2f}x faster than HF"
                 + (" (target >= 1.8x)" if algo == "masa" else "")
             )
-    out = ROOT / "results" / "vllm_step_time.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "rows": rows, "speedups": speedups}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "rows": rows, "speedups": speedups}, indent=2))
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":

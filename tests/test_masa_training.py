@@ -99,8 +99,10 @@ def test_masa_step_trains_solutions_and_metas_in_separate_groups(tmp_path, monke
         assert any(s.advantage != 0 for s in solutions)
     for log, sequences in zip(logs, seen, strict=True):
         assert log["meta/parse_rate"] == 1.0
-        # Both kinds reach the backward pass: every non-zero-advantage sequence, solution or meta, is trained.
-        assert log["update/trained_sequences"] == sum(s.advantage != 0 for s in sequences)
+        # Both kinds reach the backward pass: every non-zero-advantage sequence, solution or meta, is trained
+        # (and every expert target, by default).
+        assert any(s.kind == "expert" for s in sequences)
+        assert log["update/trained_sequences"] == sum(s.has_signal for s in sequences)
     assert not torch.equal(before, after)
     rows = [json.loads(x) for x in (tmp_path / "r" / "meta_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4

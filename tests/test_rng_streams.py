@@ -73,8 +73,9 @@ def _run(tmp_path, name, *overrides):
 
 def test_arms_differing_only_in_the_meta_path_see_the_same_solutions(tmp_path):
     grpo, grpo_weights = _run(tmp_path, "grpo")
-    # MASA with no meta gradient: meta rollouts are sampled (drawing randomness) but the weights follow
-    # GRPO's exactly, so every step's solution samples must be GRPO's too.
-    masa, masa_weights = _run(tmp_path, "masa", "meta.loss_weight=0")
+    # MASA with no meta gradient (neither the meta loss nor the expert term): meta rollouts are sampled
+    # (drawing randomness) but the weights follow GRPO's exactly, so every step's solution samples must be
+    # GRPO's too.
+    masa, masa_weights = _run(tmp_path, "masa", "meta.loss_weight=0", "meta.expert_sft=false")
     assert masa == grpo
     assert torch.equal(masa_weights, grpo_weights)
