@@ -395,3 +395,23 @@ def _resume_in_one_process(two_process_run: Path, run: Path) -> None:
     assert state and all(float(s["step"]) == 2 for s in state.values())  # AdamW moments carried over
     assert trainer.fit().steps_completed == 3
     assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the embedded model under torchrun
+def _convert_worker(rank, tmp_path):
+    ranks = _join(rank, tmp_path)
+    os.environ["MASA_CACHE"] = str(tmp_path / "cache")
+    from masa.models import SMOLLM2
+
+    model, _ = load_model(SMOLLM2)  # its first use: every rank converts the GGUF at once
+    torch.save(model.model.norm.weight.detach(), tmp_path / f"norm-{ranks.rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_rank_converts_the_embedded_model_at_once(tmp_path):
+    """transformers' save_pretrained writes nothing on rank 1 once torch.distributed is up; the cache must
+    still hold a whole model, whichever rank finishes first."""
+    _spawn(_convert_worker, tmp_path)
+    (folder,) = (tmp_path / "cache" / "models").iterdir()
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    assert torch.equal(torch.load(tmp_path / "norm-0.pt"), torch.load(tmp_path / "norm-1.pt"))

@@ -28,6 +28,15 @@ def test_a_folder_without_the_completion_marker_is_rebuilt(tmp_path, monkeypatch
     assert (path / "config.json").read_text().startswith("{\n")
 
 
+def test_a_folder_marked_complete_without_weights_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASA_CACHE", str(tmp_path))
+    marked = models.embedded_cache_dir(models.embedded_gguf_path())
+    marked.mkdir(parents=True)
+    (marked / models._COMPLETE_MARKER).write_text("written by a rank whose save_pretrained wrote nothing")
+    path = models.embedded_smollm2_path()
+    assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
 def test_embedded_model_is_plain_and_trainable():
     model, tokenizer = models.load_model(models.SMOLLM2)
     assert getattr(model.config, "quantization_config", None) is None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -69,7 +70,7 @@ def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Pat
     """
     gguf = embedded_gguf_path()
     target = embedded_cache_dir(gguf)
-    if (target / _COMPLETE_MARKER).is_file():
+    if _converted(target):
         return target
     notify(f"first use of {SMOLLM2}: converting its GGUF to a trainable checkpoint in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +85,11 @@ def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Pat
             plain = AutoModelForCausalLM.from_config(config)
         plain.load_state_dict(quantized.state_dict(), assign=True)
         plain.tie_weights()
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write_model_folder(plain, tokenizer, tmp)
         (tmp / _COMPLETE_MARKER).write_text(str(gguf))
-        if target.exists():  # a half-written folder from an older, non-atomic writer, or a lost race
+        if _converted(target):  # another process (a torchrun rank) converted it first
+            return target
+        if target.exists():  # a half-written folder from an older writer
             shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except OSError as exc:
@@ -96,6 +98,28 @@ def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Pat
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _converted(folder: Path) -> bool:
+    # Marked complete, and holding a model: an earlier masa could mark a folder complete that a torchrun
+    # rank other than 0 had written without its weights (save_pretrained skips those ranks).
+    return all((folder / name).is_file() for name in (_COMPLETE_MARKER, "config.json", "model.safetensors"))
+
+
+def write_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """A Hugging Face folder of ``model`` (config, generation config, tokenizer, safetensors) written by
+    this process whatever its rank: ``save_pretrained`` writes on rank 0 only once torch.distributed is up,
+    and under torchrun every rank may need a folder of its own."""
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in model.state_dict().items():  # a tied weight once, under its first (input) name
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_tokenizer(name: str, notify: Callable[[str], None] = lambda _: None) -> PreTrainedTokenizerBase:

@@ -6,11 +6,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from masa.config import RolloutConfig
-from masa.models import SMOLLM2, TINY_RANDOM, embedded_smollm2_path
+from masa.models import SMOLLM2, TINY_RANDOM, embedded_smollm2_path, write_model_folder
 from masa.rollout.engine import HFEngine, RolloutEngine, combine_eos_ids, eos_token_ids
 
 
@@ -71,24 +70,9 @@ def _vllm_folder(
         if model is None:
             raise ValueError(f"{TINY_RANDOM} exists only in memory; pass the model")
         tmp = tempfile.TemporaryDirectory(prefix="masa-vllm-")
-        _write_folder(model, tokenizer, Path(tmp.name))
+        write_model_folder(model, tokenizer, Path(tmp.name))
         return tmp.name, tmp
     return (str(Path(source).resolve()) if Path(source).is_dir() else source), None
-
-
-def _write_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """A Hugging Face folder of ``model`` on every rank: ``save_pretrained`` writes on rank 0 only once
-    torch.distributed is up, and under torchrun every rank starts its own engine from its own folder."""
-    model.config.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    seen: set[int] = set()
-    tensors = {}
-    for name, tensor in model.state_dict().items():  # a tied weight once, under its first (input) name
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            tensors[name] = tensor.detach().contiguous()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _folder_eos_ids(folder: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
