@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import shlex
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from masa.config import load_config
+from masa.models import cpu_has_fast_bf16
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
@@ -105,8 +110,26 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "rows": rows, "speedups": speedups}, indent=2))
+    record = {
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": machine(),
+        "settings": settings,
+        "rows": rows,
+        "speedups": speedups,
+    }
+    tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(args.out)
+
+
+def machine() -> str:
+    """The CPU the numbers came from (they compare only within one machine), and when."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?"
+    )
+    precision = "AVX512-BF16/AMX (bf16)" if cpu_has_fast_bf16() else "no AVX512-BF16 (fp32)"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"{model}, {os.cpu_count()} cores, {precision}, {when}, load average {os.getloadavg()[0]:.1f}"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def _join(rank: int, tmp_path) -> Ranks:
 
 def _sequences(vocab: int, case: str = "") -> list[TrainSequence]:
     """Lengths chosen so the ranks' shares differ in sequences and tokens (rank 0: 3 long, rank 1: 2).
+    Sampler log-probs far enough from the policy's that some importance weights hit the cap.
 
     For prefix sharing, two solution groups of three (prompt lengths 3 and 4) and a meta group of three.
     """
@@ -42,10 +43,12 @@ def _sequences(vocab: int, case: str = "") -> list[TrainSequence]:
             prompt = [rng.randrange(vocab) for _ in range(prompt_length)]
             for length, advantage in zip(lengths, (1.0, -0.4, 0.6), strict=True):
                 completion = [rng.randrange(vocab) for _ in range(length)]
-                sequences.append(TrainSequence(prompt, completion, advantage, kind=kind))
+                sampler = [-8.0 - 8.0 * rng.random() for _ in range(length)]
+                sequences.append(
+                    TrainSequence(prompt, completion, advantage, kind=kind, sampler_logprobs=sampler)
+                )
         return sequences
     shapes = [(3, 2, 1.0), (5, 9, -0.5), (2, 17, 0.7), (4, 5, -1.2), (6, 30, 0.3), (3, 4, 0.0)]
-    # Sampler log-probs far enough from the policy's that some importance weights hit the cap.
     return [
         TrainSequence(
             [rng.randrange(vocab) for _ in range(p)],
@@ -88,8 +91,13 @@ UPDATE_CASES = {
         "train.checkpoint_format=sharded",
     ],
     # Rank 0's first micro-batch shares a prompt (two forwards), rank 1's does not: the ranks must still
-    # run the same passes, or FSDP's all-gathers pair up wrongly and both wait for ever.
-    "prefix sharing": ["algo.prefix_sharing=true", "algo.micro_batch_sequences=2"],
+    # run the same passes, or FSDP's all-gathers pair up wrongly and both wait for ever. One optimiser step:
+    # the old log-probs (and the importance weights) come from the training forward.
+    "prefix sharing, importance sampling": [
+        "algo.prefix_sharing=true",
+        "algo.micro_batch_sequences=2",
+        "rollout.importance_sampling=true",
+    ],
 }
 
 
@@ -124,7 +132,9 @@ def test_two_processes_update_like_one(tmp_path):
         moved = max(float((one[k] - before[k]).abs().max()) for k in one)
         assert moved > 1e-4, case  # the update did something worth comparing
         for name in one:
-            torch.testing.assert_close(two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(
+                two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=lambda m: f"{case} {name}: {m}"
+            )
         compared = ("update/loss", "update/loss_meta", "update/grad_norm", "update/trained_sequences")
         for key in (*compared, "update/ref_kl", "grad/norm_solution", "grad/cos_solution_meta"):
             assert two[case]["log"][key] == pytest.approx(one_log[key], rel=1e-4, abs=1e-6), (case, key)

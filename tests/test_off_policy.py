@@ -83,13 +83,17 @@ def _update(tiny, sequences, **settings):
         model.load_state_dict(state)
 
 
-def test_gap_and_weights_are_reported_against_recomputed_old_logprobs(tiny):
-    log = _update(tiny, _sequences(tiny, 0.5), recompute_old_logprobs=True, importance_sampling_cap=2.0)
+# One optimiser step reads the old log-probs off the training forward; several compute them up front.
+@pytest.mark.parametrize(
+    "passes", [{}, {"ppo_epochs": 2}, {"mini_batches": 2}], ids=["one step", "epochs", "minis"]
+)
+def test_gap_and_weights_are_reported_against_the_policy_before_the_update(tiny, passes):
+    log = _update(tiny, _sequences(tiny, 0.5), off_policy=True, importance_sampling_cap=2.0, **passes)
     assert log["rollout/logprob_gap_mean"] == pytest.approx(0.5, abs=1e-4)
     assert log["rollout/logprob_gap_max"] == pytest.approx(0.5, abs=1e-4)
     assert log["rollout/is_weight_mean"] == pytest.approx(math.exp(0.5), abs=1e-3)
     assert log["rollout/is_capped_fraction"] == 0.0
-    capped = _update(tiny, _sequences(tiny, 1.0), recompute_old_logprobs=True, importance_sampling_cap=2.0)
+    capped = _update(tiny, _sequences(tiny, 1.0), off_policy=True, importance_sampling_cap=2.0, **passes)
     assert capped["rollout/is_weight_mean"] == pytest.approx(2.0)
     assert capped["rollout/is_capped_fraction"] == 1.0
 
@@ -97,6 +101,21 @@ def test_gap_and_weights_are_reported_against_recomputed_old_logprobs(tiny):
 def test_the_ratio_one_shortcut_reports_no_gap(tiny):
     log = _update(tiny, _sequences(tiny, 0.5))
     assert "rollout/logprob_gap_mean" not in log
+
+
+def test_an_off_policy_step_runs_one_forward_per_micro_batch(tiny):
+    """The old log-probs of a single optimiser step come from the training forward itself: measuring the
+    sampler's gap costs no extra pass over the batch."""
+    model, _ = tiny
+    sequences = _sequences(tiny, 0.5)
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        log = _update(tiny, sequences, off_policy=True, importance_sampling_cap=2.0)
+    finally:
+        handle.remove()
+    assert "rollout/logprob_gap_mean" in log
+    assert len(calls) == 1  # two sequences, one (joint-layout) micro-batch
 
 
 def test_importance_weights_change_the_gradient_by_their_factor(tiny):
@@ -114,7 +133,7 @@ def test_importance_weights_change_the_gradient_by_their_factor(tiny):
             optimizer,
             scheduler,
             sequences,
-            UpdateSettings(recompute_old_logprobs=True, importance_sampling_cap=2.0, grad_clip=1e9),
+            UpdateSettings(off_policy=True, importance_sampling_cap=2.0, grad_clip=1e9),
             pad_id=tokenizer.pad_token_id,
         )
         handle.remove()

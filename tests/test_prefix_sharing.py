@@ -56,7 +56,7 @@ def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict
     [
         {"micro_batch_sequences": 16},
         {"micro_batch_sequences": 3},
-        {"micro_batch_sequences": 4, "recompute_old_logprobs": True, "importance_sampling_cap": 2.0},
+        {"micro_batch_sequences": 4, "off_policy": True, "importance_sampling_cap": 2.0},
     ],
 )
 def test_prefix_shared_gradient_equals_unshared(tiny, settings):

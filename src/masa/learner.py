@@ -77,7 +77,7 @@ class Learner:
             grad_clip=a.grad_clip,
             # Gradient checkpointing drops the key/value cache the shared prompt pass hands on.
             prefix_sharing=a.prefix_sharing and not config.model.gradient_checkpointing,
-            recompute_old_logprobs=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
+            off_policy=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
             importance_sampling_cap=config.rollout.importance_sampling_cap
             if _importance_sampling(config)
             else None,

@@ -310,9 +310,9 @@ class UpdateSettings:
     mini_batches: int = 1
     micro_batch_sequences: int = 16
     grad_clip: float = 1.0
-    recompute_old_logprobs: bool = False
-    """Compute the old log-probs with the policy before updating even for a single optimiser step: needed
-    when the rollouts were not sampled by the policy module itself (vLLM), where ratio == 1 would not hold."""
+    off_policy: bool = False
+    """The rollouts were not sampled by the policy module itself (vLLM): report the gap between the policy's
+    log-probs before the update and the sampler's, and weight tokens by their ratio when capped below."""
     importance_sampling_cap: float | None = None
     """Cap of the truncated importance-sampling weight against the sampler's log-probs; None disables it."""
     prefix_sharing: bool = False
@@ -405,45 +405,58 @@ def _length_order(seq: TrainSequence, settings: UpdateSettings) -> tuple:
     return (len(seq.prompt_ids) + len(seq.completion_ids),)
 
 
-def _off_policy_correction(
-    old: dict[tuple[int, ...], torch.Tensor],
-    packed: dict[tuple[int, ...], PackedBatch],
-    cap: float | None,
-    standins: set[tuple[int, ...]],
-    ranks: Ranks,
-) -> tuple[dict[tuple[int, ...], torch.Tensor], dict[str, float]]:
-    """The gap between recomputed old log-probs and the sampler's, and (with ``cap``) the per-token
-    truncated importance weights of each micro-batch; nothing without recomputed old log-probs.
+class _OffPolicyGap:
+    """The gap between the policy's log-probs before the update and the sampler's, and (with ``cap``) the
+    per-token truncated importance weights of each micro-batch.
 
-    The logged statistics are over the whole batch: every rank contributes its own rows (not its
-    stand-ins), so all ranks must call this together.
+    The logged statistics are over the whole batch: each rank counts its own rows (not its stand-ins) and
+    ``metrics`` sums them over the ranks, so every rank must call it.
     """
-    sampled = {k: b for k, b in packed.items() if k in old and b.sampler_logprobs is not None}
-    valid = {k: b.completion_mask.bool() & ~b.sampler_logprobs.isnan() for k, b in sampled.items()}
-    own = [k for k in sampled if k not in standins]
-    empty = torch.zeros(0, dtype=torch.float32)
-    gaps = torch.cat([empty, *((old[k] - sampled[k].sampler_logprobs).abs()[valid[k]].cpu() for k in own)])
-    is_weights = (
-        {
+
+    def __init__(self, cap: float | None):
+        self.cap = cap
+        self.gap_sum = 0.0
+        self.gap_max = 0.0
+        self.tokens = 0
+        self.weight_sum = 0.0
+        self.capped = 0
+
+    def weigh(self, old: torch.Tensor, batch: PackedBatch, *, standin: bool) -> torch.Tensor | None:
+        """Importance weights for ``batch`` given its old log-probs (None without a cap or sampler
+        log-probs); the gap is counted unless the batch is a stand-in."""
+        if batch.sampler_logprobs is None:
+            return None
+        old = old.detach()
+        valid = batch.completion_mask.bool() & ~batch.sampler_logprobs.isnan()
+        weights = (
             # Rows the engine did not sample (NaN) get weight 1.
-            k: truncated_importance_weights(old[k], b.sampler_logprobs, cap).nan_to_num(1.0)
-            for k, b in sampled.items()
-        }
-        if cap is not None
-        else {}
-    )
-    kept = torch.cat([empty, *(is_weights[k][valid[k]].float().cpu() for k in own if k in is_weights)])
-    gap_sum, tokens, weight_sum, capped = ranks.sum(
-        [float(gaps.sum()), gaps.numel(), float(kept.sum()), float((kept >= (cap or math.inf)).sum())]
-    )
-    gap_max = max(ranks.gather(float(gaps.max()) if gaps.numel() else 0.0))
-    if not tokens:
-        return {}, {}
-    log = {"rollout/logprob_gap_mean": gap_sum / tokens, "rollout/logprob_gap_max": gap_max}
-    if cap is not None:
-        log["rollout/is_weight_mean"] = weight_sum / tokens
-        log["rollout/is_capped_fraction"] = capped / tokens
-    return is_weights, log
+            truncated_importance_weights(old, batch.sampler_logprobs, self.cap).nan_to_num(1.0)
+            if self.cap is not None
+            else None
+        )
+        if not standin:
+            gaps = (old - batch.sampler_logprobs).abs()[valid].float()
+            self.gap_sum += float(gaps.sum())
+            self.gap_max = max(self.gap_max, float(gaps.max()) if gaps.numel() else 0.0)
+            self.tokens += gaps.numel()
+            if weights is not None:
+                kept = weights[valid].float()
+                self.weight_sum += float(kept.sum())
+                self.capped += int((kept >= self.cap).sum())
+        return weights
+
+    def metrics(self, ranks: Ranks) -> dict[str, float]:
+        gap_sum, tokens, weight_sum, capped = ranks.sum(
+            [self.gap_sum, self.tokens, self.weight_sum, self.capped]
+        )
+        gap_max = max(ranks.gather(self.gap_max))
+        if not tokens:
+            return {}
+        log = {"rollout/logprob_gap_mean": gap_sum / tokens, "rollout/logprob_gap_max": gap_max}
+        if self.cap is not None:
+            log["rollout/is_weight_mean"] = weight_sum / tokens
+            log["rollout/is_capped_fraction"] = capped / tokens
+        return log
 
 
 def policy_update(
@@ -462,11 +475,11 @@ def policy_update(
 ) -> dict[str, float]:
     """Optimise the policy on one batch of rollouts (and expert targets); returns averaged statistics.
 
-    Old log-probs are recomputed once, before any parameter changes, when the batch is used for more than
-    one optimiser step or ``settings.recompute_old_logprobs`` asks for it; otherwise (one step, rollouts
-    from the policy module itself) the ratio is exactly 1 at the start, so the current log-probs detached
-    serve and the extra forward pass is skipped. With recomputed old log-probs and the sampler's own, the
-    gap between them is reported and, with ``settings.importance_sampling_cap``, corrected for.
+    Old log-probs are the policy's before any parameter changes. When the batch is used for more than one
+    optimiser step they are computed once, up front; for a single step the training forward runs on those
+    very parameters, so its log-probs, detached, are the old ones and no extra forward pass is made. With
+    ``settings.off_policy`` (rollouts sampled by another engine, such as vLLM) the gap between the old
+    log-probs and the sampler's is reported and, with ``settings.importance_sampling_cap``, corrected for.
     ``grad_stats`` adds each kind's gradient norm and the cosines between kinds, measured on the first
     optimiser step.
 
@@ -532,24 +545,23 @@ def policy_update(
     def is_rl(key: tuple[int, ...]) -> bool:
         return sequences[key[0]].kind != "expert"
 
-    reuse_current = (
-        settings.ppo_epochs == 1 and settings.mini_batches == 1 and not settings.recompute_old_logprobs
-    )
+    # One optimiser step on the batch: the policy before the update is the policy of the training forward,
+    # so its log-probs, detached, are the old ones, and no extra forward pass is needed.
+    reuse_current = settings.ppo_epochs == 1 and settings.mini_batches == 1
+    gap = _OffPolicyGap(settings.importance_sampling_cap) if settings.off_policy else None
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
+    is_weights: dict[tuple[int, ...], torch.Tensor | None] = {}
     with torch.no_grad(), autocast_context(device.type, autocast_dtype):
         for key, batch in packed.items():
             if not is_rl(key):
                 continue
             if not reuse_current:
                 old[key] = token_logprobs(model, batch)
+                if gap is not None:
+                    is_weights[key] = gap.weigh(old[key], batch, standin=key in standins)
             if with_kl:
                 ref[key] = token_logprobs(ref_model, batch)
-    is_weights, off_policy = (
-        _off_policy_correction(old, packed, settings.importance_sampling_cap, standins, ranks)
-        if not reuse_current  # the same on every rank, so the collective runs on all or none
-        else ({}, {})
-    )
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     kind_losses = dict.fromkeys(KINDS, 0.0)
@@ -573,6 +585,8 @@ def policy_update(
                 if is_rl(key):
                     with autocast_context(device.type, autocast_dtype):
                         logprobs = token_logprobs(model, batch)
+                    if reuse_current and gap is not None:
+                        is_weights[key] = gap.weigh(logprobs, batch, standin=key in standins)
                     loss, stats = clipped_policy_loss(
                         logprobs,
                         logprobs.detach() if reuse_current else old[key],
@@ -629,7 +643,8 @@ def policy_update(
     metrics["update/skipped_minibatches"] = skipped
     metrics["update/trained_sequences"] = summed["trained"]
     metrics["update/lr"] = scheduler.get_last_lr()[0]
-    metrics.update(off_policy)
+    if gap is not None:  # the same on every rank, so the collective runs on all or none
+        metrics.update(gap.metrics(ranks))
     metrics.update(grad_log)
     return metrics
 
