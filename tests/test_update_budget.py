@@ -96,6 +96,9 @@ def test_one_optimiser_step_follows_the_weighted_sum_of_kind_gradients(tiny):
     cos = float(manual["solution"] @ manual["meta"] / (manual["solution"].norm() * manual["meta"].norm()))
     assert log["grad/cos_solution_meta"] == pytest.approx(cos, abs=1e-4)
     assert log["update/tokens_meta"] == 10 and log["update/tokens_solution"] == 6
+    # The update's time, split where it goes.
+    assert all(log[f"perf/update_seconds_{kind}"] > 0 for kind in manual)
+    assert log["perf/optimizer_seconds"] > 0
 
 
 def test_zero_meta_weight_leaves_exactly_the_solution_step(tiny):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -565,6 +566,10 @@ def policy_update(
 
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     kind_losses = dict.fromkeys(KINDS, 0.0)
+    # Where the update's time goes (forward and backward by kind, then clipping and the optimiser), so a
+    # costly meta path shows which part of it costs.
+    kind_seconds = dict.fromkeys(KINDS, 0.0)
+    optimizer_seconds = 0.0
     grad_norms: list[float] = []
     rl_micro_steps = 0
     skipped = 0
@@ -580,6 +585,7 @@ def policy_update(
                 continue
             optimizer.zero_grad(set_to_none=True)
             for position, key in enumerate(micro):
+                started = time.perf_counter()
                 batch = packed[key]
                 kind = sequences[key[0]].kind
                 if is_rl(key):
@@ -610,6 +616,7 @@ def policy_update(
                     # Cross-entropy on the target tokens, weighted and normalised like any other kind.
                     loss = -(logprobs * batch.completion_mask * weights[key].unsqueeze(-1)).sum()
                 loss.backward()
+                kind_seconds[kind] += time.perf_counter() - started
                 totals["loss"] += float(loss.detach())
                 kind_losses[kind] += float(loss.detach())
                 last_of_kind = position + 1 == len(micro) or sequences[micro[position + 1][0]].kind != kind
@@ -618,16 +625,18 @@ def policy_update(
             if by_kind is not None:
                 grad_log = by_kind.metrics()
                 by_kind = None
+            started = time.perf_counter()
             grad_norms.append(_clip_gradients(model, settings.grad_clip))
             optimizer.step()
             scheduler.step()
+            optimizer_seconds += time.perf_counter() - started
     optimizer.zero_grad(set_to_none=True)
     # Every rank saw its share: sum over ranks (losses were scaled up by the world size, see above).
     trained = sum(len(key) for _, micro in plans for key in micro if key not in standins)
-    names = [*totals, *(f"loss_{k}" for k in KINDS), "rl_micro_steps", "trained"]
-    summed = dict(
-        zip(names, ranks.sum([*totals.values(), *kind_losses.values(), rl_micro_steps, trained]), strict=True)
-    )
+    names = [*totals, *(f"loss_{k}" for k in KINDS), *(f"seconds_{k}" for k in KINDS), "optimizer_seconds"]
+    names += ["rl_micro_steps", "trained"]
+    values = [*totals.values(), *kind_losses.values(), *kind_seconds.values(), optimizer_seconds]
+    summed = dict(zip(names, ranks.sum([*values, rl_micro_steps, trained]), strict=True))
     totals = {k: summed[k] for k in totals}
     kind_losses = {k: summed[f"loss_{k}"] / ranks.world for k in KINDS}
     totals["loss"] /= ranks.world
@@ -639,6 +648,9 @@ def policy_update(
         if token_totals[KINDS.index(kind)] > 0:
             metrics[f"update/loss_{kind}"] = total / passes
             metrics[f"update/tokens_{kind}"] = float(token_totals[KINDS.index(kind)])
+            # Seconds are the mean over ranks.
+            metrics[f"perf/update_seconds_{kind}"] = summed[f"seconds_{kind}"] / ranks.world
+    metrics["perf/optimizer_seconds"] = summed["optimizer_seconds"] / ranks.world
     metrics["update/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["update/skipped_minibatches"] = skipped
     metrics["update/trained_sequences"] = summed["trained"]
