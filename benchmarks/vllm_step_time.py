@@ -1,10 +1,11 @@
 """Seconds per training step with the HF engine and the vLLM engine: GRPO and MASA, same config and seed.
 
 Each arm runs ``--steps`` steps of the same (shrunk, see --help) smollm2-arith config in this process and
-reports the median step time, its generation / update / weight-sync parts and tokens generated; the first
-step is excluded from the medians (warm-up). A last arm repeats MASA on vLLM without prefix caching, to show
-what sharing a problem's prompt across its G solutions / M meta rollouts saves. Targets: a MASA step >= 1.8x
-faster with vLLM. Run it in the vLLM venv:
+reports the median step time, its generation / update (split by kind) / weight-sync parts and tokens
+generated; the first ``--skip`` steps are excluded from the medians (warm-up). Further arms: MASA's JSON-only
+meta path (issue 11), and MASA on vLLM without prefix caching, to show what sharing a problem's prompt across
+its G solutions / M meta rollouts saves. Targets: a MASA step >= 1.8x faster with vLLM (issue 9); a MASA step
+<= 1.5x a GRPO step (issue 11). Run it in the vLLM venv:
 
     nice .venv-vllm/bin/python benchmarks/vllm_step_time.py
 """
@@ -32,7 +33,17 @@ ARMS = {
     "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
     "masa hf": ["algo=masa", "rollout.engine=hf"],
     "masa vllm": ["algo=masa", "rollout.engine=vllm"],
+    "masa json-only vllm": ["algo=masa", "rollout.engine=vllm", "meta.reasoning=false"],
     "masa vllm, no prefix cache": ["algo=masa", "rollout.engine=vllm", "rollout.prefix_caching=false"],
+}
+
+
+# Where the update's time goes: forward and backward by kind, then clipping and the optimiser step.
+UPDATE_PARTS = {
+    "solution": "perf/update_seconds_solution",
+    "meta": "perf/update_seconds_meta",
+    "expert": "perf/update_seconds_expert",
+    "optimizer": "perf/optimizer_seconds",
 }
 
 
@@ -41,6 +52,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=1,
+        help="first steps left out of the medians: 1 skips the warm-up; MASA's expert batch fills up "
+        "(meta.expert_batch / train.batch_problems steps) before its update reaches its steady cost",
+    )
     parser.add_argument("--problems", type=int, default=4, help="problems per step (preset: 8)")
     parser.add_argument("--n", type=int, default=8, help="G solutions and M metas per problem")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -66,7 +84,7 @@ def main() -> None:
             trainer.writer.close()
             del trainer
             gc.collect()
-        timed = logs[1:]
+        timed = logs[args.skip :]
 
         def median(key: str, timed: list[dict] = timed) -> float:
             return statistics.median(log.get(key, 0.0) for log in timed)
@@ -78,6 +96,7 @@ def main() -> None:
                 "generate_s": median("perf/generate_seconds"),
                 "update_s": median("perf/update_seconds"),
                 "sync_s": median("perf/weight_sync_seconds"),
+                **{f"update_{part}_s": median(key) for part, key in UPDATE_PARTS.items()},
                 "tokens": median("tokens/generated"),
                 "tokens_per_s": median("perf/tokens_per_second"),
                 "logprob_gap_max": max(
@@ -87,16 +106,20 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     print(
-        f"\n{args.steps} steps per arm (medians over steps 2..{args.steps}), {args.problems} problems x {args.n}"
+        f"\n{args.steps} steps per arm (medians over steps {args.skip + 1}..{args.steps}), "
+        f"{args.problems} problems x {args.n}"
     )
+    parts = " | ".join(f"{part} s" for part in UPDATE_PARTS)
     print(
-        "| arm | s/step | generate s | update s (incl. sync) | sync s | tokens/step | gen tok/s | max logprob gap |"
+        "| arm | s/step | generate s | update s (incl. sync) | "
+        f"{parts} | sync s | tokens/step | gen tok/s | max logprob gap |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(UPDATE_PARTS) + "---|---|---|---|")
     for r in rows:
+        split = " | ".join(f"{r[f'update_{part}_s']:.1f}" for part in UPDATE_PARTS)
         print(
-            f"| {r['arm']} | {r['step_s']:.1f} | {r['generate_s']:.1f} | {r['update_s']:.1f} | {r['sync_s']:.2f} | "
-            f"{r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {r['logprob_gap_max']:.1e} |"
+            f"| {r['arm']} | {r['step_s']:.1f} | {r['generate_s']:.1f} | {r['update_s']:.1f} | {split} | "
+            f"{r['sync_s']:.2f} | {r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {r['logprob_gap_max']:.1e} |"
         )
     by_arm = {r["arm"]: r for r in rows}
     speedups = {}
