@@ -797,8 +797,10 @@ def train(
     try:
         return trainer.fit()
     finally:
-        trainer.engine.close()  # before the process group its engine may have built groups from
-        close_ranks(trainer.ranks)
+        try:
+            trainer.engine.close()  # before the process group its engine may have built groups from
+        finally:
+            close_ranks(trainer.ranks)
 
 
 def load_run_config(run_dir: Path) -> Config:
