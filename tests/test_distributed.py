@@ -133,7 +133,7 @@ def test_two_processes_update_like_one(tmp_path):
         assert moved > 1e-4, case  # the update did something worth comparing
         for name in one:
             torch.testing.assert_close(
-                two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=lambda m: f"{case} {name}: {m}"
+                two[case]["params"][name], one[name], atol=1e-5, rtol=0, msg=f"{case}: {name}"
             )
         compared = ("update/loss", "update/loss_meta", "update/grad_norm", "update/trained_sequences")
         for key in (*compared, "update/ref_kl", "grad/norm_solution", "grad/cos_solution_meta"):
@@ -425,3 +425,27 @@ def test_every_rank_converts_the_embedded_model_at_once(tmp_path):
     (folder,) = (tmp_path / "cache" / "models").iterdir()
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert torch.equal(torch.load(tmp_path / "norm-0.pt"), torch.load(tmp_path / "norm-1.pt"))
+
+
+def test_the_process_group_closes_even_when_the_engine_fails_to(monkeypatch):
+    import masa.trainer
+
+    closed = []
+
+    class FailingEngine:
+        def close(self):
+            raise RuntimeError("engine shutdown failed")
+
+    class FakeTrainer:
+        def __init__(self, *args, **kwargs):
+            self.engine = FailingEngine()
+            self.ranks = Ranks(rank=0, world=2)
+
+        def fit(self):
+            return "done"
+
+    monkeypatch.setattr(masa.trainer, "Trainer", FakeTrainer)
+    monkeypatch.setattr(masa.trainer, "close_ranks", closed.append)
+    with pytest.raises(RuntimeError, match="engine shutdown failed"):
+        masa.trainer.train(load_config("tiny"))
+    assert closed == [Ranks(rank=0, world=2)]
