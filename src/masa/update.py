@@ -313,7 +313,7 @@ class UpdateSettings:
     grad_clip: float = 1.0
     off_policy: bool = False
     """The rollouts were not sampled by the policy module itself (vLLM): report the gap between the policy's
-    log-probs before the update and the sampler's, and weight tokens by their ratio when capped below."""
+    log-probs before the update and the sampler's (and, with ``importance_sampling_cap``, correct for it)."""
     importance_sampling_cap: float | None = None
     """Cap of the truncated importance-sampling weight against the sampler's log-probs; None disables it."""
     prefix_sharing: bool = False
