@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent
 # "New" is masa's defaults: the paper's meta prompt with <meta> reasoning under the new objective (per-kind
 # loss budget, Brier pass-rate reward, mean-centred meta advantages, graded cutoff, calibration switch,
 # expert SFT).
-# masa-json-only asks for the JSON alone (meta.reasoning=false), the cheaper path; on the embedded model
-# only 3-6% of its meta answers parse at step 1, against ~70% with reasoning, so it is not the default.
+# masa-json-only asks for the JSON alone (meta.reasoning=false), the cheaper path. With expert SFT it parses
+# as well as with reasoning, but its 3-seed held-out accuracy missed the target (benchmarks/README.md), so it
+# is not the default.
 ARMS = {
     "grpo": ["algo=grpo"],
     "masa-paper": ["algo=masa", "meta.preset=paper"],
