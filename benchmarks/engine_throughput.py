@@ -21,7 +21,7 @@ from transformers import GenerationConfig
 
 from masa.config import RolloutConfig
 from masa.data.arithmetic import arithmetic_splits
-from masa.models import load_model, resolve_autocast
+from masa.models import cpu_name, load_model, resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
 from masa.rollout import build_engine
 from masa.rollout.engine import HFEngine
@@ -102,7 +102,7 @@ def main() -> None:
     rows = time_runners(runners, args.repeats)
     print(
         f"\n{args.problems} prompts x {args.n} samples, max {args.max_new_tokens} new tokens, autocast={autocast}, "
-        f"{device} ({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()})"
+        f"{device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()})"
     )
     print_table(rows, "runner")
     seconds = {row["runner"]: row["median_seconds"] for row in rows}
@@ -144,13 +144,6 @@ def _logprob_gap(model, tokenizer, groups, params: SamplingParams) -> dict[str, 
         [(torch.tensor(r.logprobs) - recomputed[i, : r.num_tokens]).abs() for i, r in enumerate(rollouts)]
     )
     return {"mean": float(gaps.mean()), "max": float(gaps.max()), "tokens": int(gaps.numel())}
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from masa.config import load_config
-from masa.models import cpu_has_fast_bf16
+from masa.models import cpu_has_fast_bf16, cpu_name
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
@@ -146,13 +146,9 @@ def main() -> None:
 
 def machine() -> str:
     """The CPU the numbers came from (they compare only within one machine), and when."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?"
-    )
     precision = "AVX512-BF16/AMX (bf16)" if cpu_has_fast_bf16() else "no AVX512-BF16 (fp32)"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    return f"{model}, {os.cpu_count()} cores, {precision}, {when}, load average {os.getloadavg()[0]:.1f}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, {when}, load average {os.getloadavg()[0]:.1f}"
 
 
 if __name__ == "__main__":

@@ -65,3 +65,16 @@ def test_a_loaded_checkpoint_owns_aligned_memory(tmp_path, tiny):
     ids = torch.tensor([[1, 40, 41, 42, 43]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_cpu_name_reads_the_model_name_and_survives_a_missing_cpuinfo(monkeypatch):
+    monkeypatch.setattr(
+        models.Path, "read_text", lambda self: "processor\t: 0\nmodel name\t: Test CPU 9000\n"
+    )
+    assert models.cpu_name() == "Test CPU 9000"
+
+    def missing(self):
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(models.Path, "read_text", missing)
+    assert models.cpu_name() == "unknown CPU"

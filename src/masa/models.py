@@ -223,6 +223,16 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (speed numbers compare only within one CPU)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    names = (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+    return next(names, "unknown CPU")
+
+
 def cpu_has_fast_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
