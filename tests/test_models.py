@@ -4,20 +4,27 @@ import torch
 import masa.models as models
 
 
+@pytest.fixture
+def quick_conversion(monkeypatch, tiny):
+    """The cache's bookkeeping under test, without the half-minute GGUF de-quantization (which the first
+    test to load the embedded model runs for real)."""
+    monkeypatch.setattr(models, "plain_model_from_gguf", lambda gguf: tiny)
+
+
 def test_interrupted_conversion_leaves_no_cache_behind(tmp_path, monkeypatch):
     monkeypatch.setenv("MASA_CACHE", str(tmp_path))
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-conversion
 
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", crash)
+    monkeypatch.setattr(models, "plain_model_from_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         models.embedded_smollm2_path()
     leftovers = list((tmp_path / "models").iterdir())
     assert leftovers == []  # neither a half-written target nor the temporary folder
 
 
-def test_a_folder_without_the_completion_marker_is_rebuilt(tmp_path, monkeypatch):
+def test_a_folder_without_the_completion_marker_is_rebuilt(tmp_path, monkeypatch, quick_conversion):
     monkeypatch.setenv("MASA_CACHE", str(tmp_path))
     half_written = models.embedded_cache_dir(models.embedded_gguf_path())
     half_written.mkdir(parents=True)
@@ -28,7 +35,7 @@ def test_a_folder_without_the_completion_marker_is_rebuilt(tmp_path, monkeypatch
     assert (path / "config.json").read_text().startswith("{\n")
 
 
-def test_a_folder_marked_complete_without_weights_is_rebuilt(tmp_path, monkeypatch):
+def test_a_folder_marked_complete_without_weights_is_rebuilt(tmp_path, monkeypatch, quick_conversion):
     monkeypatch.setenv("MASA_CACHE", str(tmp_path))
     marked = models.embedded_cache_dir(models.embedded_gguf_path())
     marked.mkdir(parents=True)

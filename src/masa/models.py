@@ -76,16 +76,7 @@ def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        settings = quantized.config.to_dict()
-        settings.pop("quantization_config", None)
-        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(quantized.state_dict(), assign=True)
-        plain.tie_weights()
-        write_model_folder(plain, tokenizer, tmp)
+        write_model_folder(*plain_model_from_gguf(gguf), tmp)
         (tmp / _COMPLETE_MARKER).write_text(str(gguf))
         if _converted(target):  # another process (a torchrun rank) converted it first
             return target
@@ -98,6 +89,20 @@ def embedded_smollm2_path(notify: Callable[[str], None] = lambda _: None) -> Pat
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def plain_model_from_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The GGUF's de-quantized weights in a plain fp32 model (no quantization config), and its tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    settings = quantized.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict(), assign=True)
+    plain.tie_weights()
+    return plain, tokenizer
 
 
 def _converted(folder: Path) -> bool:
