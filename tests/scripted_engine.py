@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from masa.data.problem import Problem
@@ -13,12 +14,21 @@ Script = Callable[[Problem, int], str]
 class ScriptedEngine:
     """Answers each prompt with ``solution(problem, j)`` or ``meta(problem, j)`` for the j-th sample.
 
-    Meta prompts are recognised by the "pass_rate" key they ask for (JSON-only ones have no <meta>). Token limits are honoured like the real
+    With ``belief``, meta samples come with that distribution over the engine's watched tokens (the
+    count digits) at every position. Meta prompts are recognised by the "pass_rate" key they ask for (JSON-only ones have no <meta>). Token limits are honoured like the real
     engine: a completion longer than its limit is truncated and reported as CUTOFF or LENGTH.
     """
 
-    def __init__(self, tokenizer, problems: Sequence[Problem], solution: Script, meta: Script):
+    def __init__(
+        self,
+        tokenizer,
+        problems: Sequence[Problem],
+        solution: Script,
+        meta: Script,
+        belief: Callable[[Problem, int], list[float]] | None = None,
+    ):
         self.tokenizer = tokenizer
+        self.belief = belief
         self.problems = sorted(problems, key=lambda p: -len(p.prompt))
         self.solution = solution
         self.meta = meta
@@ -54,6 +64,11 @@ class ScriptedEngine:
                 if len(tokens) > limit:
                     tokens = tokens[:limit]
                     reason = FinishReason.CUTOFF if limit < params.max_new_tokens else FinishReason.LENGTH
-                group.append(Rollout(list(ids), tokens, [-1.0] * len(tokens), reason))
+                watched = None
+                if params.watch_token_ids and self.belief is not None:
+                    # The scripted model holds the same belief over the watched tokens at every position.
+                    row = [math.log(p) if p > 0 else -math.inf for p in self.belief(problem, j)]
+                    watched = [row] * len(tokens)
+                group.append(Rollout(list(ids), tokens, [-1.0] * len(tokens), reason, watched))
             out.append(group)
         return out

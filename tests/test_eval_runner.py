@@ -1,6 +1,7 @@
 """The evaluation runner: pass@k and meta metrics from known completions, incremental saving, resume."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -32,8 +33,9 @@ META = '<meta>small sums</meta>{"math_notion": ["carry"], "pass_rate": 4, "solut
 class ScriptedEngine:
     """Returns fixed completions chosen by the problem in the prompt, and records what it was asked."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, belief=None):
         self.tokenizer = tokenizer
+        self.belief = belief  # the distribution over watched tokens at every meta position, if any
         self.calls: list[int] = []
 
     def generate(self, prompts, n, params, max_tokens=None):
@@ -45,12 +47,14 @@ class ScriptedEngine:
                 completions = [META] * n
             else:
                 completions = next(v for k, v in SOLUTIONS.items() if k in text)[:n]
-            groups.append([self._rollout(ids, c) for c in completions])
+            watch = params.watch_token_ids and self.belief is not None
+            groups.append([self._rollout(ids, c, self.belief if watch else None) for c in completions])
         return groups
 
-    def _rollout(self, prompt_ids, text):
+    def _rollout(self, prompt_ids, text, belief=None):
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return Rollout(list(prompt_ids), ids, [0.0] * len(ids), FinishReason.STOP)
+        watched = None if belief is None else [[math.log(p) if p else -math.inf for p in belief]] * len(ids)
+        return Rollout(list(prompt_ids), ids, [0.0] * len(ids), FinishReason.STOP, watched)
 
 
 def _run(tiny, tmp_path, settings, **kwargs):
@@ -112,6 +116,19 @@ def test_meta_metrics_and_plots(tiny, tmp_path):
     assert len(summary_tables([result])) == 2
     # One solution call and one meta call for the single batch.
     assert engine.calls == [2, 2]
+
+
+def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
+    model, tokenizer = tiny
+    belief = [0, 0, 0, 0, 0.5, 0, 0, 0, 0.5]  # states 4/8 (META), believes 6/8 on average
+    engine = ScriptedEngine(tokenizer, belief)
+    result, _ = _run(tiny, tmp_path, EvalSettings(n=4, meta=True, meta_n=2, max_tokens=16), engine=engine)
+    assert [m["expected_pass_rate"] for m in result.problems[0]["meta"]] == [0.75, 0.75]
+    assert result.meta["expected_readout_rate"] == 1.0
+    assert result.meta["pass_rate"]["mae"] == pytest.approx(0.25)  # the sampled 4/8 against 2/4 and 0/4
+    assert result.meta["pass_rate_expected"]["mae"] == pytest.approx(0.5)  # 6/8 against 2/4 and 0/4
+    saved = json.loads((tmp_path / "bench" / PROBLEMS_FILE).read_text().splitlines()[0])
+    assert saved["meta"][0]["expected_pass_rate"] == 0.75
 
 
 def test_a_copy_of_the_prompt_example_counts_as_unparsed(tiny, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from scripted_engine import ScriptedEngine
 
 import masa.learner as learner_module
 from masa.advantages import group_advantages
-from masa.config import load_config
+from masa.config import ConfigError, load_config
 from masa.meta.prompt import render_meta_json
 from masa.trainer import Trainer
 
@@ -61,10 +61,12 @@ def _config(tmp_path, name, *overrides):
     )
 
 
-def _trainer(tmp_path, name, *overrides, run="r", resume=False):
+def _trainer(tmp_path, name, *overrides, run="r", resume=False, belief=None):
     trainer = Trainer(_config(tmp_path, name, *overrides), run_dir=tmp_path / run, resume=resume)
     # Behind the trainer's version check, which still sees every optimiser step.
-    trainer.engine.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _meta)
+    trainer.engine.engine = ScriptedEngine(
+        trainer.tokenizer, trainer.train_problems, _solution, _meta, belief=belief
+    )
     return trainer
 
 
@@ -317,3 +319,37 @@ def test_calibration_switch_starts_gating_once_predictions_know_the_problems(tmp
     assert [log["stage/sequential"] for log in logs] == [0.0, 0.0, 1.0]
     assert logs[1]["switch/precision_direction"] == 1.0 and logs[1]["switch/pearson"] > 0.9
     assert logs[0]["gate/shadow_precision_direction"] == 1.0
+
+
+def _undecided(problem, j):
+    return [0.0, 0.0, 0.25, 0.0, 0.5, 0.0, 0.25, 0.0, 0.0]  # believes 4 of 8, whatever it sampled
+
+
+@pytest.mark.parametrize("readout", ["sampled", "expected"])
+def test_the_gate_reads_the_sampled_or_the_expected_count(tmp_path, readout):
+    """Level 1 and 5 samples state 8/8 and 0/8, but the model's distribution at that token has mean 4/8:
+    the sampled reading gates both, the expected one neither."""
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.warmup_steps=1",
+        "data.arithmetic_levels=[1,5]",
+        f"efficient.gate_readout={readout}",
+        belief=_undecided,
+    )
+    first = trainer.train_step()
+    trainer.step = 1
+    assert first["meta/expected_readout_rate"] == 1.0
+    assert first["meta/pass_rate_mae_expected"] == pytest.approx(0.5)  # actual rates are 1 and 0
+    rows = [json.loads(x) for x in (trainer.run_dir / "meta_predictions.jsonl").read_text().splitlines()]
+    assert all(r == pytest.approx(0.5) for row in rows for r in row["expected_pass_rates"])
+    assert {r for row in rows for r in row["predicted_pass_rates"]} == {0.0, 1.0}
+    assert first["gate/shadow_gated_fraction"] == (1.0 if readout == "sampled" else 0.0)
+    second = trainer.train_step()
+    assert second["stage/sequential"] == 1.0
+    assert (second["gate/gated"] > 0) == (readout == "sampled")
+
+
+def test_an_expected_gate_needs_counts_that_are_single_tokens(tmp_path):
+    with pytest.raises(ConfigError, match="gate_readout=expected needs every count"):
+        _trainer(tmp_path, "masa-efficient", "efficient.gate_readout=expected", "meta.pass_rate_scale=10")

@@ -16,6 +16,7 @@ import torch
 
 from masa.cli import main
 from masa.config import RolloutConfig
+from masa.meta.readout import count_token_ids
 from masa.models import SMOLLM2, load_model
 from masa.prompts import encode_user_message
 from masa.rollout import build_engine
@@ -155,6 +156,31 @@ def test_sampled_logprobs_match_an_fp32_recomputation(engine, smollm2):
     model, tokenizer = smollm2
     params = SamplingParams(temperature=0.7, max_new_tokens=24)
     rollouts = [r for g in engine.generate(_prompts(tokenizer), 2, params, seed=3) for r in g]
+    assert _max_gap(model, tokenizer, rollouts, 0.7) < 1e-4
+
+
+def test_watched_tokens_read_the_models_own_distribution_like_hfengine(engine, smollm2):
+    """vLLM reports processed (tempered) log-probabilities; rescaled by the temperature and renormalised over
+    the watched tokens they are the model's own distribution among them, as HFEngine records it."""
+    model, tokenizer = smollm2
+    watch = count_token_ids(tokenizer, 8)
+    params = SamplingParams(temperature=0.7, max_new_tokens=12, watch_token_ids=watch)
+    rollouts = [r for g in engine.generate(_prompts(tokenizer), 2, params, seed=3) for r in g]
+    sequences = [TrainSequence(r.prompt_ids, r.completion_ids, 0.0) for r in rollouts]
+    batch = pack(sequences, tokenizer.pad_token_id)
+    mask = batch.attention_mask
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+        ).logits[:, batch.prompt_ids.shape[1] - 1 : -1]
+    for row, rollout in enumerate(rollouts):
+        recomputed = torch.log_softmax(logits[row, : rollout.num_tokens][:, list(watch)].double(), dim=-1)
+        assert torch.allclose(torch.tensor(rollout.watched_logprobs), recomputed, atol=1e-3)
+        # The sampled token's own log-probability is still the tempered one.
+        assert len(rollout.logprobs) == rollout.num_tokens
     assert _max_gap(model, tokenizer, rollouts, 0.7) < 1e-4
 
 

@@ -226,6 +226,10 @@ class EfficientConfig:
     gate_tolerance: float = 0.0625
     """Gate when the mean predicted pass rate is within this of 0 or 1."""
     gate_min_parsed: int = 2
+    gate_readout: Literal["sampled", "expected"] = "sampled"
+    """What the gate (and the shadow gate and calibration switch) reads as each meta rollout's predicted pass
+    rate: its sampled count, or the model's expected count at that token (``masa.meta.readout``; rollouts
+    without a readout count as unparsed)."""
     audit_fraction: float = 0.1
     """Share of gated problems rolled out anyway, to measure gating precision online."""
     refill_rounds: int = 2

@@ -46,6 +46,7 @@ from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
 from masa.meta.parse import MetaPrediction
 from masa.meta.prompt import build_meta_prompt, parse_meta_answer
+from masa.meta.readout import count_token_ids, expected_pass_rate
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
@@ -158,8 +159,16 @@ class Trainer:
         meta_temperature = (
             config.rollout.temperature if config.meta.temperature is None else config.meta.temperature
         )
+        # The engine records the distribution over the count digits, so each meta rollout's expected
+        # pass rate can be read beside its sampled one.
+        self.count_ids = count_token_ids(self.tokenizer, config.meta.pass_rate_scale)
+        if config.efficient.gate_readout == "expected" and not self.count_ids:
+            raise ConfigError(
+                "efficient.gate_readout=expected needs every count 0..meta.pass_rate_scale to be one token; "
+                "this tokenizer splits some of them (use efficient.gate_readout=sampled)"
+            )
         self.meta_sampling = SamplingParams(
-            meta_temperature, config.rollout.top_p, config.meta.max_new_tokens
+            meta_temperature, config.rollout.top_p, config.meta.max_new_tokens, self.count_ids
         )
         self.sampler = ProblemSampler(
             self.train_problems, seed=config.train.seed, shuffle=config.data.shuffle
@@ -380,12 +389,20 @@ class Trainer:
             [self._meta_ids(p) for p in problems], mc.n, self.meta_sampling, seed=self.streams.draw("metas")
         )
         return [
-            [
-                MetaRollout(r, text, self._parse_meta(text))
-                for r, text in zip(group, self._decode(group), strict=True)
-            ]
+            [self._meta_rollout(r, text) for r, text in zip(group, self._decode(group), strict=True)]
             for group in groups
         ]
+
+    def _meta_rollout(self, rollout: Rollout, text: str) -> MetaRollout:
+        prediction = self._parse_meta(text)
+        expected = None
+        if rollout.watched_logprobs is not None and prediction.pass_rate is not None:
+            char_ends = token_char_ends(rollout.completion_ids, self._decode_ids)
+            expected = expected_pass_rate(
+                text, rollout.completion_ids, rollout.watched_logprobs, char_ends, self.count_ids,
+                prediction.pass_rate,
+            )  # fmt: skip
+        return MetaRollout(rollout, text, prediction, expected)
 
     def _parse_meta(self, text: str) -> MetaPrediction:
         mc = self.cfg.meta
@@ -412,12 +429,11 @@ class Trainer:
             for m in metas
         ]
 
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)  # as MetaRollout.text is decoded
+
     def _meta_advantages(self, metas: list[list[MetaRollout]], scores: list[list]) -> MetaAdvantages:
         mc = self.cfg.meta
-
-        def decode(ids: list[int]) -> str:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)  # as MetaRollout.text is decoded
-
         return meta_advantages(
             scores,
             weights=self.meta_weights,
@@ -425,7 +441,10 @@ class Trainer:
             scale=mc.scale_advantages,
             field_credit=mc.field_credit,
             texts=[[m.text for m in group] for group in metas],
-            char_ends=[[token_char_ends(m.rollout.completion_ids, decode) for m in group] for group in metas]
+            char_ends=[
+                [token_char_ends(m.rollout.completion_ids, self._decode_ids) for m in group]
+                for group in metas
+            ]
             if mc.field_credit
             else [],
         )
@@ -440,7 +459,7 @@ class Trainer:
         candidates = problems
         for round_index in range(self.cfg.efficient.refill_rounds + 1):
             for problem, group in zip(candidates, self._meta_rollouts(candidates), strict=True):
-                decision = self.gate.decide([self._fraction(m) for m in group])
+                decision = self.gate.decide([self._gate_fraction(m) for m in group])
                 examined += 1
                 gated += decision.gated
                 if decision.rolled_out:
@@ -466,6 +485,11 @@ class Trainer:
 
     def _fraction(self, meta: MetaRollout) -> float | None:
         return meta.prediction.pass_rate_fraction(self.cfg.meta.pass_rate_scale)
+
+    def _gate_fraction(self, meta: MetaRollout) -> float | None:
+        return (
+            meta.expected_pass_rate if self.cfg.efficient.gate_readout == "expected" else self._fraction(meta)
+        )
 
     def _cutoff_limit(self, metas: list[MetaRollout]) -> int:
         e = self.cfg.efficient
@@ -514,7 +538,7 @@ class Trainer:
         predicted side (unsolvable / trivial) to be the outcome's (all wrong / all right).
         """
         e = self.cfg.efficient
-        fractions = [[f for m in group if (f := self._fraction(m)) is not None] for group in metas]
+        fractions = [[f for m in group if (f := self._gate_fraction(m)) is not None] for group in metas]
         reasons = [gate_reason(f, e.gate_sigma, e.gate_tolerance, e.gate_min_parsed)[0] for f in fractions]
         would = [r in GATING_REASONS for r in reasons]
         actual = [st.pass_rate for st in stats]
@@ -619,6 +643,7 @@ class Trainer:
                     "difficulty": problem.difficulty,
                     "actual_pass_rate": st.pass_rate,
                     "predicted_pass_rates": [self._fraction(m) for m in group],
+                    "expected_pass_rates": [m.expected_pass_rate for m in group],
                     "correct_length_range": None if st.l_min is None else [st.l_min, st.l_max],
                     "predicted_lengths": [m.prediction.solution_length for m in group],
                     "predicted_notions": [m.prediction.notions for m in group],

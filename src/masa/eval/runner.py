@@ -51,7 +51,9 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
+from masa.meta.credit import token_char_ends
 from masa.meta.prompt import build_meta_prompt, parse_meta_answer
+from masa.meta.readout import count_token_ids, expected_pass_rate
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
@@ -329,6 +331,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
         meta = Table(
             title="meta-awareness",
             caption=(
+                "Pearson E[k]: the predictions read as the model's expected count, not its sampled one; "
                 f"gate F1 at sigma {_TABLE_GATE_SIGMA:g} (dir: the predicted side must match the outcome); "
                 f"cut: correct solutions a "
                 f"{_TABLE_CUTOFF_FACTOR:g}x predicted-length cutoff would stop, of all correct"
@@ -340,6 +343,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
             "pass MAE",
             "Pearson",
             "Spearman",
+            "Pearson E[k]",
             "len hit",
             "notion",
             "gate F1",
@@ -357,6 +361,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
                 _fmt(m["pass_rate"]["mae"]),
                 _fmt(m["pass_rate"]["pearson"]),
                 _fmt(m["pass_rate"]["spearman"]),
+                _fmt(m.get("pass_rate_expected", {}).get("pearson")),
                 _fmt(m["length_hit_rate"]),
                 _fmt(m["notion_reward"]),
                 _fmt(gate["f1"] if gate else None),
@@ -398,9 +403,11 @@ def _evaluate_batch(
     prompts = [encode_user_message(tokenizer, solution_prompt(p.prompt, settings.template)) for p in batch]
     groups = counters.generate(engine, prompts, settings.n, params)
     meta_groups: list[list[Rollout]] = []
+    count_ids = count_token_ids(tokenizer, settings.pass_rate_scale)
     if settings.meta:
         meta_prompts = [encode_user_message(tokenizer, _meta_prompt(p, settings)) for p in batch]
-        meta_groups = counters.generate(engine, meta_prompts, settings.meta_n, params)
+        meta_params = dataclasses.replace(params, watch_token_ids=count_ids)
+        meta_groups = counters.generate(engine, meta_prompts, settings.meta_n, meta_params)
     rows = []
     for index, (problem, rollouts) in enumerate(zip(batch, groups, strict=True)):
         texts = _decode(tokenizer, rollouts)
@@ -424,7 +431,7 @@ def _evaluate_batch(
         if settings.meta:
             stats = solution_stats(texts, correct, [r.num_tokens for r in rollouts])
             row["meta"] = [
-                _meta_sample(text, rollout, problem, stats, settings)
+                _meta_sample(text, rollout, problem, stats, settings, tokenizer, count_ids)
                 for text, rollout in zip(
                     _decode(tokenizer, meta_groups[index]), meta_groups[index], strict=True
                 )
@@ -447,7 +454,13 @@ def _meta_prompt(problem: Problem, settings: EvalSettings) -> str:
 
 
 def _meta_sample(
-    text: str, rollout: Rollout, problem: Problem, stats: SolutionStats, settings: EvalSettings
+    text: str,
+    rollout: Rollout,
+    problem: Problem,
+    stats: SolutionStats,
+    settings: EvalSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    count_ids: tuple[int, ...],
 ) -> dict[str, Any]:
     prediction, copied = parse_meta_answer(
         text,
@@ -455,12 +468,21 @@ def _meta_sample(
         max_response_tokens=settings.max_tokens,
         min_length=settings.meta_min_length,
     )
+    expected = None
+    if rollout.watched_logprobs is not None and prediction.pass_rate is not None:
+        char_ends = token_char_ends(
+            rollout.completion_ids, lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+        )
+        expected = expected_pass_rate(
+            text, rollout.completion_ids, rollout.watched_logprobs, char_ends, count_ids, prediction.pass_rate
+        )
     return {
         "text": text,
         "num_tokens": rollout.num_tokens,
         "finish_reason": str(rollout.finish_reason),
         "example_copy": copied,
         "pass_rate": prediction.pass_rate,
+        "expected_pass_rate": expected,
         "solution_length": prediction.solution_length,
         "notions": prediction.notions,
         "notion_reward": notion_reward(prediction.notions, problem.prompt, stats),
@@ -488,6 +510,11 @@ class _MetaView:
             for row in rows
         ]
         self.predicted_pass = [_mean([f for f in fs if f is not None]) for fs in self.fractions]
+        # Rows saved before the readout existed have no such key.
+        self.expected_pass = [
+            _mean([m["expected_pass_rate"] for m in row["meta"] if m.get("expected_pass_rate") is not None])
+            for row in rows
+        ]
         self.actual_pass = [row["c"] / row["n"] for row in rows]
         self.zero_variance = [row["c"] in (0, row["n"]) for row in rows]
         self.predicted_length = [
@@ -516,6 +543,10 @@ class _MetaView:
             "example_copy_rate": sum(m.get("example_copy", False) for m in self.samples) / len(self.samples),
             # Per problem, over the problems with at least one parsed pass rate.
             "pass_rate": dict(pass_rate_alignment(self.predicted_pass, self.actual_pass)),
+            # The same, each problem's predictions read as the model's expected count (masa.meta.readout).
+            "pass_rate_expected": dict(pass_rate_alignment(self.expected_pass, self.actual_pass)),
+            "expected_readout_rate": sum(m.get("expected_pass_rate") is not None for m in self.samples)
+            / len(self.samples),
             "calibration": [dataclasses.asdict(row) for row in self.calibration()],
             "length_hit_rate": length_hit_rate(self.predicted_length, self.correct_ranges),
             "notion_reward": statistics.fmean(m["notion_reward"] for m in self.samples),

@@ -17,6 +17,8 @@ class MetaRollout:
     rollout: Rollout
     text: str
     prediction: MetaPrediction
+    expected_pass_rate: float | None = None
+    """The model's mean pass rate at the token stating its count (``masa.meta.readout``), if read."""
 
 
 def meta_step_metrics(
@@ -40,6 +42,11 @@ def meta_step_metrics(
         parsed = [m.prediction.pass_rate for m in group if m.prediction.pass_rate is not None]
         predicted.append(statistics.fmean(parsed) / scale if parsed else None)
     alignment = pass_rate_alignment(predicted, [s.pass_rate for s in stats])
+    expected = []
+    for group in metas:
+        read = [m.expected_pass_rate for m in group if m.expected_pass_rate is not None]
+        expected.append(statistics.fmean(read) if read else None)
+    expected_alignment = pass_rate_alignment(expected, [s.pass_rate for s in stats])
     hits = [
         float(s.l_min <= m.prediction.solution_length <= s.l_max)
         for group, s in zip(metas, stats, strict=True)
@@ -64,6 +71,10 @@ def meta_step_metrics(
         "meta/reward_notion": statistics.fmean(s.notion for s in flat_scores),
         "meta/pass_rate_mae": _or_nan(alignment["mae"]),
         "meta/pass_rate_pearson": _or_nan(alignment["pearson"]),
+        # The same alignment with each problem's predictions read as the model's expected count.
+        "meta/pass_rate_mae_expected": _or_nan(expected_alignment["mae"]),
+        "meta/pass_rate_pearson_expected": _or_nan(expected_alignment["pearson"]),
+        "meta/expected_readout_rate": _share(m.expected_pass_rate is not None for g in metas for m in g),
         "meta/length_hit_rate": statistics.fmean(hits) if hits else math.nan,
     }
 

@@ -90,7 +90,9 @@ class _SampleAndRecord(LogitsProcessor):
     step's log-probabilities and gathers then; ``finish`` gathers the last step.
     """
 
-    def __init__(self, temperature: float, top_p: float):
+    def __init__(self, temperature: float, top_p: float, watch: Sequence[int] = ()):
+        self._watch = list(watch)
+        self.watched: list[torch.Tensor] = []
         self._warpers = []
         if temperature > 0:
             self._warpers.append(TemperatureLogitsWarper(temperature))
@@ -100,6 +102,8 @@ class _SampleAndRecord(LogitsProcessor):
         self.chosen_logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._watch:  # before the warpers: the model's own distribution, whatever the temperature
+            self.watched.append(torch.log_softmax(scores[:, self._watch].float(), dim=-1))
         for warp in self._warpers:
             scores = warp(input_ids, scores)
         self._gather(input_ids[:, -1])
@@ -206,7 +210,7 @@ class HFEngine:
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
         limits = torch.tensor([limit for _, limit in chunk], device=device)
-        recorder = _SampleAndRecord(params.temperature, params.top_p)
+        recorder = _SampleAndRecord(params.temperature, params.top_p, params.watch_token_ids)
         config = GenerationConfig(
             do_sample=params.temperature > 0,
             # Temperature, top-p and top-k stay unset: the recorder warps, and generate must not warp again.
@@ -224,6 +228,7 @@ class HFEngine:
                 stopping_criteria=StoppingCriteriaList([_PerSequenceLimit(width, limits)]),
             )
         logprobs = recorder.finish(sequences).cpu()
+        watched = torch.stack(recorder.watched, dim=1).cpu() if recorder.watched else None
         completions = sequences[:, width:].cpu()
         eos = torch.tensor(self.eos_ids)
         for row, (i, limit) in enumerate(chunk):
@@ -240,4 +245,5 @@ class HFEngine:
                 completion_ids=tokens[:length].tolist(),
                 logprobs=logprobs[row, :length].tolist(),
                 finish_reason=reason,
+                watched_logprobs=watched[row, :length].tolist() if watched is not None else None,
             )

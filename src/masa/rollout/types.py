@@ -17,6 +17,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    watch_token_ids: tuple[int, ...] = ()
+    """Tokens whose distribution the engine records at every sampled position (``Rollout.watched_logprobs``):
+    e.g. the digits of a predicted pass count, to read the model's expected answer and not just its sample."""
 
 
 @dataclass
@@ -26,12 +29,17 @@ class Rollout:
     ``logprobs[i]`` is the log-probability of ``completion_ids[i]`` under the distribution it was sampled
     from (temperature and top-p applied). ``completion_ids`` includes the end-of-sequence token when
     ``finish_reason`` is STOP, because the policy chose it and the update must see it.
+
+    ``watched_logprobs[i][j]`` (when ``SamplingParams.watch_token_ids`` is set) is the log-probability of
+    watched token j at position i, at temperature 1 and normalised over the watched tokens alone: the
+    same whatever temperature the completion was sampled at, and whichever engine sampled it.
     """
 
     prompt_ids: list[int]
     completion_ids: list[int]
     logprobs: list[float]
     finish_reason: FinishReason
+    watched_logprobs: list[list[float]] | None = None
 
     @property
     def num_tokens(self) -> int:

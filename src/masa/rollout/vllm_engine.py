@@ -183,7 +183,12 @@ class VLLMEngine:
                 top_p=params.top_p,
                 max_tokens=limits[i],
                 stop_token_ids=self.eos_ids,
-                logprobs=0,  # the sampled token's own log-probability only
+                # The sampled token's own log-probability, and the watched tokens' if any.
+                **(
+                    {"logprob_token_ids": list(params.watch_token_ids)}
+                    if params.watch_token_ids
+                    else {"logprobs": 0}
+                ),
                 detokenize=False,  # masa decodes itself
                 seed=seeds.getrandbits(63) if seeds is not None else None,
             )
@@ -204,7 +209,20 @@ class VLLMEngine:
             reason = limit_reason(limit, params)
         else:
             raise RuntimeError(f"vLLM ended a request with finish reason {completion.finish_reason!r}")
-        return Rollout(list(prompt), tokens, logprobs, reason)
+        watched = None
+        if params.watch_token_ids:
+            # Processed log-probabilities are of logits / T: times T, renormalised over the watched tokens,
+            # they are the model's own (temperature 1) distribution among them, as HFEngine records it.
+            scale = params.temperature if params.temperature > 0 else 1.0
+            watched = [
+                torch.log_softmax(
+                    torch.tensor([step[t].logprob for t in params.watch_token_ids], dtype=torch.float64)
+                    * scale,
+                    dim=-1,
+                ).tolist()
+                for step in completion.logprobs
+            ]
+        return Rollout(list(prompt), tokens, logprobs, reason, watched)
 
 
 def _first_line(exc: BaseException) -> str:
