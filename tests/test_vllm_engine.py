@@ -178,7 +178,9 @@ def test_watched_tokens_read_the_models_own_distribution_like_hfengine(engine, s
         ).logits[:, batch.prompt_ids.shape[1] - 1 : -1]
     for row, rollout in enumerate(rollouts):
         recomputed = torch.log_softmax(logits[row, : rollout.num_tokens][:, list(watch)].double(), dim=-1)
-        assert torch.allclose(torch.tensor(rollout.watched_logprobs), recomputed, atol=1e-3)
+        assert torch.allclose(
+            torch.tensor(rollout.watched_logprobs, dtype=torch.float64), recomputed, atol=1e-3
+        )
         # The sampled token's own log-probability is still the tempered one.
         assert len(rollout.logprobs) == rollout.num_tokens
     assert _max_gap(model, tokenizer, rollouts, 0.7) < 1e-4
