@@ -9,7 +9,7 @@ run is a MASA-efficient run that logged the switch itself, the replay is checked
     .venv/bin/python benchmarks/switch_replay.py R/masa-new-s0 R/masa-new-s1 [--pearson 0.3 ...]
 
 The gate and switch settings default to the run's own config (``efficient.*``); the flags override them,
-to ask what a looser bar would have done.
+to ask what a looser bar (or the expected-count readout, on runs that logged it) would have done.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,9 +37,10 @@ SETTINGS = (
 )
 
 
-def run_settings(run_dir: Path, overrides: dict[str, float | None]) -> dict[str, float]:
+def run_settings(run_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     efficient = yaml.safe_load((run_dir / "config.yaml").read_text())["efficient"]
     settings = {key: efficient[key] for key in SETTINGS}
+    settings["gate_readout"] = efficient.get("gate_readout", "sampled")  # older runs have no such key
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
 
@@ -57,7 +59,12 @@ def replay(run_dir: Path, settings: dict[str, float]) -> list[dict[str, float]]:
     for step in sorted(by_step):
         predicted, actual, reasons = [], [], []
         for problem in by_step[step]:
-            parsed = [p for p in problem["predicted_pass_rates"] if p is not None]
+            key = "expected_pass_rates" if settings["gate_readout"] == "expected" else "predicted_pass_rates"
+            if key not in problem:
+                raise SystemExit(
+                    f"{run_dir}: its prediction log has no {key} (a run from before the readout)"
+                )
+            parsed = [p for p in problem[key] if p is not None]
             reason = gate_reason(
                 parsed, settings["gate_sigma"], settings["gate_tolerance"], int(settings["gate_min_parsed"])
             )[0]
@@ -106,9 +113,17 @@ def main() -> None:
     parser.add_argument("--window", type=int, dest="switch_window")
     parser.add_argument("--precision", type=float, dest="switch_precision")
     parser.add_argument("--pearson", type=float, dest="switch_pearson")
+    parser.add_argument(
+        "--readout",
+        choices=("sampled", "expected"),
+        dest="gate_readout",
+        help="which predicted counts to read",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "switch_replay.json")
     args = parser.parse_args()
-    overrides = {k: getattr(args, k) for k in ("switch_window", "switch_precision", "switch_pearson")}
+    overrides = {
+        k: getattr(args, k) for k in ("switch_window", "switch_precision", "switch_pearson", "gate_readout")
+    }
     results = []
     print("| run | window / precision / Pearson bars | best full-window precision (dir) | best full-window Pearson "
           "| sequential from step | replay = logged |")  # fmt: skip
@@ -118,7 +133,10 @@ def main() -> None:
         rows = replay(run, settings)
         full = [r for r in rows if r["switch/steps_observed"] == settings["switch_window"]]
         ready = next((r["step"] for r in rows if r["ready"]), None)
-        logged = logged_switch(run)
+        # The logged metrics are of the run's own readout and window; other ones have nothing to match.
+        own = run_settings(run, {})
+        same = all(settings[k] == own[k] for k in ("gate_readout", "switch_window"))
+        logged = logged_switch(run) if same else {}
         agrees = (
             all(
                 _same(r[key], logged[r["step"]][key])
