@@ -46,7 +46,7 @@ from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
 from masa.meta.parse import MetaPrediction
 from masa.meta.prompt import build_meta_prompt, parse_meta_answer
-from masa.meta.readout import count_token_ids, expected_pass_rate
+from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
@@ -395,13 +395,7 @@ class Trainer:
 
     def _meta_rollout(self, rollout: Rollout, text: str) -> MetaRollout:
         prediction = self._parse_meta(text)
-        expected = None
-        if rollout.watched_logprobs is not None and prediction.pass_rate is not None:
-            char_ends = token_char_ends(rollout.completion_ids, self._decode_ids)
-            expected = expected_pass_rate(
-                text, rollout.completion_ids, rollout.watched_logprobs, char_ends, self.count_ids,
-                prediction.pass_rate,
-            )  # fmt: skip
+        expected = read_rollout(rollout, text, prediction.pass_rate, self.count_ids, self._decode_ids)
         return MetaRollout(rollout, text, prediction, expected)
 
     def _parse_meta(self, text: str) -> MetaPrediction:

@@ -51,9 +51,8 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
-from masa.meta.credit import token_char_ends
 from masa.meta.prompt import build_meta_prompt, parse_meta_answer
-from masa.meta.readout import count_token_ids, expected_pass_rate
+from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
@@ -468,14 +467,13 @@ def _meta_sample(
         max_response_tokens=settings.max_tokens,
         min_length=settings.meta_min_length,
     )
-    expected = None
-    if rollout.watched_logprobs is not None and prediction.pass_rate is not None:
-        char_ends = token_char_ends(
-            rollout.completion_ids, lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-        )
-        expected = expected_pass_rate(
-            text, rollout.completion_ids, rollout.watched_logprobs, char_ends, count_ids, prediction.pass_rate
-        )
+    expected = read_rollout(
+        rollout,
+        text,
+        prediction.pass_rate,
+        count_ids,
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
     return {
         "text": text,
         "num_tokens": rollout.num_tokens,

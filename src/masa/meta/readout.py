@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from masa.meta.credit import field_spans
+from masa.meta.credit import field_spans, token_char_ends
 from masa.meta.parse import PASS_RATE
+from masa.rollout.types import Rollout
 
 _COUNT = re.compile(r"[:=]\s*[\"']?(\d)")
 
@@ -60,3 +61,19 @@ def expected_pass_rate(
         return None
     weights = [math.exp(x) for x in watched_logprobs[index]]
     return sum(k * w for k, w in enumerate(weights)) / sum(weights) / (len(count_ids) - 1)
+
+
+def read_rollout(
+    rollout: Rollout,
+    text: str,
+    parsed_count: int | None,
+    count_ids: Sequence[int],
+    decode: Callable[[list[int]], str],
+) -> float | None:
+    """``expected_pass_rate`` of a sampled meta rollout, ``text`` being ``decode(rollout.completion_ids)``."""
+    if rollout.watched_logprobs is None or parsed_count is None:
+        return None
+    char_ends = token_char_ends(rollout.completion_ids, decode)
+    return expected_pass_rate(
+        text, rollout.completion_ids, rollout.watched_logprobs, char_ends, count_ids, parsed_count
+    )
