@@ -138,6 +138,9 @@ def meta_eval(
     result = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
     meta = result["meta"]
     gate = next(g for g in meta["gating"] if abs(g["sigma"] - GATE_SIGMA) < 1e-9)
+    gate_expected = next(
+        (g for g in meta.get("gating_expected", []) if abs(g["sigma"] - GATE_SIGMA) < 1e-9), {}
+    )
     expected = meta.get("pass_rate_expected", {})
     return {
         "problems": result["n_problems"],
@@ -149,6 +152,9 @@ def meta_eval(
         "pearson_expected": expected.get("pearson"),
         "mae_expected": expected.get("mae"),
         "expected_readout_rate": meta.get("expected_readout_rate"),
+        "gate_expected": {
+            k: gate_expected.get(k) for k in ("precision_direction", "recall_direction", "gated")
+        },
         "gate": {
             k: gate.get(k)
             for k in (
@@ -354,9 +360,9 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
     print(f"\nHeld-out alignment (`masa eval --meta` on each final model; gate at sigma {GATE_SIGMA}):")
     print(
         "| arm | pass@1 | parse rate | Pearson | MAE | Pearson E[k] | MAE E[k] | gate P / R / F1 "
-        "| gate P / R / F1 (direction-aware) | gated |"
+        "| gate P / R / F1 (direction-aware) | gated | E[k] gate P / R (direction-aware) | E[k] gated |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, rs in [("base (untrained)", [{"heldout_meta": base}] if base else []), *by_arm.items()]:
         hm = [r["heldout_meta"] for r in rs if r.get("heldout_meta")]
         if not hm:
@@ -369,7 +375,10 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
             f"| {pm([x['precision'] for x in g], '.2f')} / {pm([x['recall'] for x in g], '.2f')} / "
             f"{pm([x['f1'] for x in g], '.2f')} | {pm([x['precision_direction'] for x in g], '.2f')} / "
             f"{pm([x['recall_direction'] for x in g], '.2f')} / {pm([x['f1_direction'] for x in g], '.2f')} "
-            f"| {pm([x['gated'] for x in g], '.1f')} |"
+            f"| {pm([x['gated'] for x in g], '.1f')} "
+            f"| {pm([h.get('gate_expected', {}).get('precision_direction') for h in hm], '.2f')} / "
+            f"{pm([h.get('gate_expected', {}).get('recall_direction') for h in hm], '.2f')} "
+            f"| {pm([h.get('gate_expected', {}).get('gated') for h in hm], '.1f')} |"
         )
 
     print("\nPredicted vs actual pass rate per level, last 5 training steps (mean over seeds):")

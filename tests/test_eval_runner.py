@@ -127,6 +127,8 @@ def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
     assert result.meta["expected_readout_rate"] == 1.0
     assert result.meta["pass_rate"]["mae"] == pytest.approx(0.25)  # the sampled 4/8 against 2/4 and 0/4
     assert result.meta["pass_rate_expected"]["mae"] == pytest.approx(0.5)  # 6/8 against 2/4 and 0/4
+    # Neither reading is near 0 or 1, so neither gate closes.
+    assert [g["gated"] for g in result.meta["gating_expected"]] == [0] * 5
     saved = json.loads((tmp_path / "bench" / PROBLEMS_FILE).read_text().splitlines()[0])
     assert saved["meta"][0]["expected_pass_rate"] == 0.75
 

@@ -509,10 +509,8 @@ class _MetaView:
         ]
         self.predicted_pass = [_mean([f for f in fs if f is not None]) for fs in self.fractions]
         # Rows saved before the readout existed have no such key.
-        self.expected_pass = [
-            _mean([m["expected_pass_rate"] for m in row["meta"] if m.get("expected_pass_rate") is not None])
-            for row in rows
-        ]
+        self.expected_fractions = [[m.get("expected_pass_rate") for m in row["meta"]] for row in rows]
+        self.expected_pass = [_mean([f for f in fs if f is not None]) for fs in self.expected_fractions]
         self.actual_pass = [row["c"] / row["n"] for row in rows]
         self.zero_variance = [row["c"] in (0, row["n"]) for row in rows]
         self.predicted_length = [
@@ -549,6 +547,8 @@ class _MetaView:
             "length_hit_rate": length_hit_rate(self.predicted_length, self.correct_ranges),
             "notion_reward": statistics.fmean(m["notion_reward"] for m in self.samples),
             "gating": [dataclasses.asdict(score) for score in self.gating()],
+            # The gate reading expected counts (efficient.gate_readout=expected).
+            "gating_expected": [dataclasses.asdict(score) for score in self.gating(self.expected_fractions)],
             "gating_tolerance": s.gate_tolerance,
             "cutoff": dict(self.cutoff()),
         }
@@ -556,9 +556,9 @@ class _MetaView:
     def calibration(self) -> list[CalibrationRow]:
         return calibration_table(self.predicted_pass, self.actual_pass)
 
-    def gating(self) -> list[GatingScore]:
+    def gating(self, fractions: list[list[float | None]] | None = None) -> list[GatingScore]:
         return gating_scores(
-            self.fractions,
+            self.fractions if fractions is None else fractions,
             self.zero_variance,
             GATING_SIGMAS,
             tolerance=self.settings.gate_tolerance,
