@@ -35,6 +35,7 @@ TRAINING_CURVE_KEYS = (
     "meta/parse_rate",
     "meta/pass_rate_mae",
     "meta/pass_rate_pearson",
+    "meta/pass_rate_pearson_expected",
     "meta/length_hit_rate",
     "meta/reward",
     "gate/gated_fraction",
