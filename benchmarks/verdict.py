@@ -91,12 +91,17 @@ def train_run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     record["process_wall_seconds"] = time.perf_counter() - started
     record["peak_rss_mib"] = usage.ru_maxrss / 1024
     if args.meta_eval_limit and (arm != "grpo" or args.meta_eval_grpo):
-        # A MASA model is asked with the meta prompt it was trained on; GRPO (and the base model) with
-        # the one --meta-eval-prompt names, so all of them answer the same question.
-        meta = yaml.safe_load((out / name / "config.yaml").read_text())["meta"]
-        style = (meta["prompt"], meta["reasoning"]) if arm != "grpo" else _eval_prompt(args)
-        record["heldout_meta"] = meta_eval(out / name / "final", out / name / "meta_eval", args, style)
+        record["heldout_meta"] = run_meta_eval(arm, out / name, args)
     return record
+
+
+def run_meta_eval(arm: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`meta_eval` of a finished run's final model. A MASA model is asked with the meta prompt it was trained
+    on; GRPO (and the base model) with the one --meta-eval-prompt names, so all of them answer the same
+    question."""
+    meta = yaml.safe_load((run / "config.yaml").read_text())["meta"]
+    style = (meta["prompt"], meta["reasoning"]) if arm != "grpo" else _eval_prompt(args)
+    return meta_eval(run / "final", run / "meta_eval", args, style)
 
 
 def redo_meta_eval(arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -107,10 +112,7 @@ def redo_meta_eval(arm: str, seed: int, args: argparse.Namespace) -> None:
     record = json.loads(record_file.read_text())
     if not record.get("heldout_meta"):  # a run evaluated without it (GRPO without --meta-eval-grpo)
         return
-    run = args.out / "runs" / name
-    meta = yaml.safe_load((run / "config.yaml").read_text())["meta"]
-    style = (meta["prompt"], meta["reasoning"]) if arm != "grpo" else _eval_prompt(args)
-    record["heldout_meta"] = meta_eval(run / "final", run / "meta_eval", args, style)
+    record["heldout_meta"] = run_meta_eval(arm, args.out / "runs" / name, args)
     record["meta_eval_command"] = " ".join(sys.argv)
     write_json(record_file, record)
 

@@ -214,14 +214,11 @@ class VLLMEngine:
             # Processed log-probabilities are of logits / T: times T, renormalised over the watched tokens,
             # they are the model's own (temperature 1) distribution among them, as HFEngine records it.
             scale = params.temperature if params.temperature > 0 else 1.0
-            watched = [
-                torch.log_softmax(
-                    torch.tensor([step[t].logprob for t in params.watch_token_ids], dtype=torch.float64)
-                    * scale,
-                    dim=-1,
-                ).tolist()
-                for step in completion.logprobs
-            ]
+            processed = torch.tensor(
+                [[step[t].logprob for t in params.watch_token_ids] for step in completion.logprobs],
+                dtype=torch.float64,
+            )
+            watched = torch.log_softmax(processed * scale, dim=-1).tolist()
         return Rollout(list(prompt), tokens, logprobs, reason, watched)
 
 
