@@ -30,14 +30,14 @@ from pathlib import Path
 
 from masa.efficient.gating import GATING_REASONS, gate_reason
 from masa.eval.meta_metrics import gate_side_matches
+from masa.tracking import parallel_stage_predictions
 
 ROOT = Path(__file__).resolve().parent
 PAPER = {"speedup": 1.28, "time_saving": 0.345}
 
 
 def gating_rates(run_dir: Path, sigma: float, tolerance: float, min_parsed: int) -> dict[str, float]:
-    rows = [json.loads(x) for x in (run_dir / "meta_predictions.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["stage"] == "parallel"]
+    rows = parallel_stage_predictions(run_dir)
     flat = right = informative = false_gates = 0
     for row in rows:
         parsed = [p for p in row["predicted_pass_rates"] if p is not None]

@@ -25,6 +25,7 @@ import yaml
 
 from masa.efficient.gating import gate_reason
 from masa.efficient.switch import CalibrationSwitch
+from masa.tracking import parallel_stage_predictions
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS = (
@@ -48,10 +49,8 @@ def run_settings(run_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 def replay(run_dir: Path, settings: dict[str, float]) -> list[dict[str, float]]:
     """One row per parallel-stage step: the switch's rolling metrics after it and whether it was ready."""
     by_step: dict[int, list[dict]] = defaultdict(list)
-    for line in (run_dir / "meta_predictions.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["stage"] == "parallel":
-            by_step[row["step"]].append(row)
+    for row in parallel_stage_predictions(run_dir):
+        by_step[row["step"]].append(row)
     switch = CalibrationSwitch(
         int(settings["switch_window"]), settings["switch_precision"], settings["switch_pearson"]
     )

@@ -53,6 +53,9 @@ ARMS = {
     # answer is the prompt's example (scored as unparsed) has no meta group that varies: the cold start
     # expert SFT (a default since this verdict) gets it out of.
     "masa-new-no-expert": ["algo=masa", "meta.expert_sft=false"],
+    # The expert term is most of what a MASA step costs beyond GRPO's: a quarter of its targets per step
+    # (the same token-mean weight, so the same push, from fewer rows).
+    "masa-new-expert-batch-4": ["algo=masa", "meta.expert_batch=4"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {

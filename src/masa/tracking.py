@@ -17,12 +17,18 @@ from rich.progress import (
 )
 
 from masa.config import ConfigError
-from masa.runfiles import append_jsonl, keep_rows_up_to
+from masa.runfiles import append_jsonl, keep_rows_up_to, read_jsonl
 
 # What a run folder holds; the trainer writes these, `masa report` and the plots read them.
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "meta_predictions.jsonl"
+
+
+def parallel_stage_predictions(run_dir: Path) -> list[dict[str, Any]]:
+    """The prediction log's rows from parallel-stage steps, where every problem was rolled out whatever
+    was predicted: what a replay of the gate or the stage switch observes."""
+    return [row for row in read_jsonl(run_dir / PREDICTIONS_FILE) if row["stage"] == "parallel"]
 
 
 class MetricsWriter:

@@ -395,8 +395,15 @@ class Trainer:
 
     def _meta_rollout(self, rollout: Rollout, text: str) -> MetaRollout:
         prediction = self._parse_meta(text)
-        expected = read_rollout(rollout, text, prediction.pass_rate, self.count_ids, self._decode_ids)
-        return MetaRollout(rollout, text, prediction, expected)
+        char_ends = (
+            tuple(token_char_ends(rollout.completion_ids, self._decode_ids))
+            if self.cfg.meta.field_credit
+            else None
+        )
+        expected = read_rollout(
+            rollout, text, prediction.pass_rate, self.count_ids, self._decode_ids, char_ends
+        )
+        return MetaRollout(rollout, text, prediction, expected, char_ends)
 
     def _parse_meta(self, text: str) -> MetaPrediction:
         mc = self.cfg.meta
@@ -435,12 +442,7 @@ class Trainer:
             scale=mc.scale_advantages,
             field_credit=mc.field_credit,
             texts=[[m.text for m in group] for group in metas],
-            char_ends=[
-                [token_char_ends(m.rollout.completion_ids, self._decode_ids) for m in group]
-                for group in metas
-            ]
-            if mc.field_credit
-            else [],
+            char_ends=[[m.char_ends for m in group] for group in metas] if mc.field_credit else [],
         )
 
     def _predict_and_gate(

@@ -266,13 +266,14 @@ def evaluate_benchmark(
         )
     torch.manual_seed(settings.seed)
     counters = _Counters()
+    count_ids = count_token_ids(tokenizer, settings.pass_rate_scale) if settings.meta else ()
     per_problem = max(settings.n, settings.meta_n if settings.meta else 0)
     batch_size = max(1, settings.max_batch_sequences // per_problem)
     with progress_bar(console) as progress:
         task = progress.add_task(name, total=len(problems), completed=len(problems) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            finished = _evaluate_batch(engine, tokenizer, batch, settings, counters)
+            finished = _evaluate_batch(engine, tokenizer, batch, settings, counters, count_ids)
             append_jsonl(out / PROBLEMS_FILE, finished)
             saved.update((row["id"], row) for row in finished)
             progress.advance(task, len(batch))
@@ -397,12 +398,12 @@ def _evaluate_batch(
     batch: list[Problem],
     settings: EvalSettings,
     counters: _Counters,
+    count_ids: tuple[int, ...],
 ) -> list[dict[str, Any]]:
     params = SamplingParams(settings.temperature, settings.top_p, settings.max_tokens)
     prompts = [encode_user_message(tokenizer, solution_prompt(p.prompt, settings.template)) for p in batch]
     groups = counters.generate(engine, prompts, settings.n, params)
     meta_groups: list[list[Rollout]] = []
-    count_ids = count_token_ids(tokenizer, settings.pass_rate_scale)
     if settings.meta:
         meta_prompts = [encode_user_message(tokenizer, _meta_prompt(p, settings)) for p in batch]
         meta_params = dataclasses.replace(params, watch_token_ids=count_ids)

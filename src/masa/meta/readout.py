@@ -69,11 +69,14 @@ def read_rollout(
     parsed_count: int | None,
     count_ids: Sequence[int],
     decode: Callable[[list[int]], str],
+    char_ends: Sequence[int] | None = None,
 ) -> float | None:
-    """``expected_pass_rate`` of a sampled meta rollout, ``text`` being ``decode(rollout.completion_ids)``."""
+    """``expected_pass_rate`` of a sampled meta rollout, ``text`` being ``decode(rollout.completion_ids)``;
+    ``char_ends``, when the caller has them already, spare decoding every prefix again."""
     if rollout.watched_logprobs is None or parsed_count is None:
         return None
-    char_ends = token_char_ends(rollout.completion_ids, decode)
+    if char_ends is None:
+        char_ends = token_char_ends(rollout.completion_ids, decode)
     return expected_pass_rate(
         text, rollout.completion_ids, rollout.watched_logprobs, char_ends, count_ids, parsed_count
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from masa.eval.meta_metrics import pass_rate_alignment
@@ -19,6 +20,8 @@ class MetaRollout:
     prediction: MetaPrediction
     expected_pass_rate: float | None = None
     """The model's mean pass rate at the token stating its count (``masa.meta.readout``), if read."""
+    char_ends: tuple[int, ...] | None = None
+    """``masa.meta.credit.token_char_ends`` of the completion, kept when field-level credit needs it."""
 
 
 def meta_step_metrics(
@@ -37,16 +40,14 @@ def meta_step_metrics(
     flat_scores = [s for group in scores for s in group]
     if not flat:
         return {}
-    predicted = []
-    for group in metas:
-        parsed = [m.prediction.pass_rate for m in group if m.prediction.pass_rate is not None]
-        predicted.append(statistics.fmean(parsed) / scale if parsed else None)
-    alignment = pass_rate_alignment(predicted, [s.pass_rate for s in stats])
-    expected = []
-    for group in metas:
-        read = [m.expected_pass_rate for m in group if m.expected_pass_rate is not None]
-        expected.append(statistics.fmean(read) if read else None)
-    expected_alignment = pass_rate_alignment(expected, [s.pass_rate for s in stats])
+    actual = [s.pass_rate for s in stats]
+    alignment = pass_rate_alignment(
+        _group_means(
+            metas, lambda m: None if m.prediction.pass_rate is None else m.prediction.pass_rate / scale
+        ),
+        actual,
+    )
+    expected_alignment = pass_rate_alignment(_group_means(metas, lambda m: m.expected_pass_rate), actual)
     hits = [
         float(s.l_min <= m.prediction.solution_length <= s.l_max)
         for group, s in zip(metas, stats, strict=True)
@@ -77,6 +78,17 @@ def meta_step_metrics(
         "meta/expected_readout_rate": _share(m.expected_pass_rate is not None for g in metas for m in g),
         "meta/length_hit_rate": statistics.fmean(hits) if hits else math.nan,
     }
+
+
+def _group_means(
+    metas: list[list[MetaRollout]], reading: Callable[[MetaRollout], float | None]
+) -> list[float | None]:
+    """Per problem, the mean of its rollouts' readings that exist (None when none does)."""
+    means = []
+    for group in metas:
+        values = [v for v in map(reading, group) if v is not None]
+        means.append(statistics.fmean(values) if values else None)
+    return means
 
 
 def _share(flags) -> float:
