@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import html
 import io
 import json
@@ -259,6 +260,7 @@ def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> d
             k: mean(k, steps) for k in ("grad/norm_solution", "grad/norm_meta", "grad/cos_solution_meta")
         },
         "sequential_from": next((r["step"] for r in steps if r.get("stage/sequential")), None),
+        "final_weights_sha256": weights_digest(run_dir),
         "by_level_last5": pass_rates_by_level(run_dir, range(len(steps) - 4, len(steps) + 1)),
     }
 
@@ -298,6 +300,27 @@ def pm(values: list[float | None], spec: str = ".3f") -> str:
 
 def time_to(evals: list[dict], target: float) -> float | None:
     return next((e["elapsed_s"] for e in evals if e["accuracy"] >= target - 1e-9), None)
+
+
+def weights_digest(run_dir: Path) -> str | None:
+    """sha256 of the final model's weights file (written deterministically): equal digests, equal weights."""
+    path = run_dir / "final" / "model.safetensors"
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identical_final_weights(runs: list[dict]) -> list[dict[str, Any]]:
+    """Runs of one seed whose final weights are bit-identical across arms."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for r in runs:
+        if r.get("final_weights_sha256"):
+            groups.setdefault((r["seed"], r["final_weights_sha256"]), []).append(r["arm"])
+    return [{"seed": seed, "arms": arms} for (seed, _), arms in sorted(groups.items()) if len(arms) > 1]
 
 
 def _base_model(args: argparse.Namespace) -> str:
@@ -406,11 +429,22 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
             + " |"
         )
 
+    identical = identical_final_weights(runs)
+    print("\nFinal weights bit-identical across arms, same seed (sha256 of model.safetensors):")
+    for group in identical:
+        print(f"- seed {group['seed']}: {', '.join(group['arms'])}")
+    if not identical:
+        print("- none")
+
     verdict = targets(by_arm, grpo_final)
     print("\nTargets:")
     for name, t in verdict.items():
         print(f"- {name}: {t['status']} ({t['detail']})")
-    return {"curves": {a: {str(s): v for s, v in c.items()} for a, c in curves.items()}, "targets": verdict}
+    return {
+        "curves": {a: {str(s): v for s, v in c.items()} for a, c in curves.items()},
+        "identical_final_weights": identical,
+        "targets": verdict,
+    }
 
 
 def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str, dict[str, Any]]:
@@ -610,6 +644,10 @@ def main() -> None:
     ]:
         if record and (eval_dir / "arithmetic" / "problems.jsonl").is_file():
             record.update(without_example_copies(eval_dir, args))
+    for r in runs:  # records from before the digest was kept, where the run folder is still here
+        r["final_weights_sha256"] = r.get("final_weights_sha256") or weights_digest(
+            args.out / "runs" / f"{r['arm']}-s{r['seed']}"
+        )
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         summary = report(runs, args, base)
