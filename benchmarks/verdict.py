@@ -243,6 +243,7 @@ def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> d
             "solution_trained": mean("update/tokens_solution", steps),
             "meta_trained": mean("update/tokens_meta", steps),
             "expert_trained": mean("update/tokens_expert", steps),
+            "sequences_trained": mean("update/trained_sequences", steps),
         },
         "meta_last5": {
             k: mean(k, tail)
@@ -353,9 +354,9 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
     grpo_final = mean_std([r["evals"][-1]["accuracy"] for r in grpo])[0] if grpo else None
     print("\nCost per step (mean ± std over seeds); time to GRPO's final mean accuracy (training seconds):")
     print(
-        "| arm | s/step | generate s | update s | sol tok gen | meta tok gen | sol tok trained | meta tok trained | expert tok | time to GRPO final | reached |"
+        "| arm | s/step | generate s | update s | sol tok gen | meta tok gen | sol tok in loss | meta tok in loss | expert tok | seqs trained | time to GRPO final | reached |"
     )  # noqa: E501
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, rs in by_arm.items():
         t = [r["tokens_per_step"] for r in rs]
         reach = [time_to(r["evals"], grpo_final) if grpo_final is not None else None for r in rs]
@@ -364,7 +365,7 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
             f"| {pm([r['update_seconds_per_step'] for r in rs], '.1f')} | {pm([x['solution_generated'] for x in t], '.0f')} "
             f"| {pm([x['meta_generated'] for x in t], '.0f')} | {pm([x['solution_trained'] for x in t], '.0f')} "
             f"| {pm([x['meta_trained'] for x in t], '.0f')} | {pm([x['expert_trained'] for x in t], '.0f')} "
-            f"| {pm(reach, '.0f')} | {sum(x is not None for x in reach)}/{len(rs)} |"
+            f"| {pm([x.get('sequences_trained') for x in t], '.0f')} | {pm(reach, '.0f')} | {sum(x is not None for x in reach)}/{len(rs)} |"
         )
 
     print(
@@ -644,10 +645,16 @@ def main() -> None:
     ]:
         if record and (eval_dir / "arithmetic" / "problems.jsonl").is_file():
             record.update(without_example_copies(eval_dir, args))
-    for r in runs:  # records from before the digest was kept, where the run folder is still here
-        r["final_weights_sha256"] = r.get("final_weights_sha256") or weights_digest(
-            args.out / "runs" / f"{r['arm']}-s{r['seed']}"
-        )
+    from masa.runfiles import read_jsonl
+
+    for r in runs:  # records from before these were kept, where the run folder is still here
+        folder = args.out / "runs" / f"{r['arm']}-s{r['seed']}"
+        r["final_weights_sha256"] = r.get("final_weights_sha256") or weights_digest(folder)
+        if "sequences_trained" not in r["tokens_per_step"] and (folder / "metrics.jsonl").is_file():
+            steps = [x for x in read_jsonl(folder / "metrics.jsonl") if "perf/step_seconds" in x]
+            r["tokens_per_step"]["sequences_trained"] = statistics.fmean(
+                x["update/trained_sequences"] for x in steps
+            )
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         summary = report(runs, args, base)
