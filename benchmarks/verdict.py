@@ -315,6 +315,27 @@ def weights_digest(run_dir: Path) -> str | None:
     return digest.hexdigest()
 
 
+def paired_with_grpo(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """Each arm's final accuracy minus GRPO's of the same seed, in points, over the seeds both have."""
+    grpo = {r["seed"]: r["evals"][-1]["accuracy"] for r in by_arm.get("grpo", [])}
+    out = {}
+    for arm, rs in by_arm.items():
+        pairs = [
+            (r["seed"], 100 * (r["evals"][-1]["accuracy"] - grpo[r["seed"]])) for r in rs if r["seed"] in grpo
+        ]
+        if arm == "grpo" or not pairs:
+            continue
+        differences = [d for _, d in pairs]
+        se = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else None
+        out[arm] = {
+            "seeds": [s for s, _ in pairs],
+            "differences": differences,
+            "mean": statistics.fmean(differences),
+            "se": se,
+        }
+    return out
+
+
 def identical_final_weights(runs: list[dict]) -> list[dict[str, Any]]:
     """Runs of one seed whose final weights are bit-identical across arms."""
     groups: dict[tuple[int, str], list[str]] = {}
@@ -430,6 +451,18 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
             + " |"
         )
 
+    paired = paired_with_grpo(by_arm)
+    print(
+        "\nFinal held-out accuracy minus GRPO's, paired by seed (an arm and GRPO share a seed's data order and"
+        " solution samples until their weights part), in points; SE = std / sqrt(seeds):"
+    )
+    print("| arm | seeds | per seed | mean ± SE |")
+    print("|---|---|---|---|")
+    for arm, row in paired.items():
+        per_seed = ", ".join(f"{d:+.0f}" for d in row["differences"])
+        se = "-" if row["se"] is None else f"{row['se']:.1f}"
+        print(f"| {arm} | {','.join(map(str, row['seeds']))} | {per_seed} | {row['mean']:+.1f} ± {se} |")
+
     identical = identical_final_weights(runs)
     print("\nFinal weights bit-identical across arms, same seed (sha256 of model.safetensors):")
     for group in identical:
@@ -443,6 +476,7 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
         print(f"- {name}: {t['status']} ({t['detail']})")
     return {
         "curves": {a: {str(s): v for s, v in c.items()} for a, c in curves.items()},
+        "paired_with_grpo": paired,
         "identical_final_weights": identical,
         "targets": verdict,
     }
