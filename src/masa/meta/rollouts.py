@@ -41,12 +41,8 @@ def meta_step_metrics(
     if not flat:
         return {}
     actual = [s.pass_rate for s in stats]
-    alignment = pass_rate_alignment(
-        _group_means(
-            metas, lambda m: None if m.prediction.pass_rate is None else m.prediction.pass_rate / scale
-        ),
-        actual,
-    )
+    counts = _group_means(metas, lambda m: m.prediction.pass_rate)
+    alignment = pass_rate_alignment([None if c is None else c / scale for c in counts], actual)
     expected_alignment = pass_rate_alignment(_group_means(metas, lambda m: m.expected_pass_rate), actual)
     hits = [
         float(s.l_min <= m.prediction.solution_length <= s.l_max)
