@@ -320,10 +320,12 @@ def paired_with_grpo(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]
     grpo = {r["seed"]: r["evals"][-1]["accuracy"] for r in by_arm.get("grpo", [])}
     out = {}
     for arm, rs in by_arm.items():
+        if arm == "grpo":
+            continue
         pairs = [
             (r["seed"], 100 * (r["evals"][-1]["accuracy"] - grpo[r["seed"]])) for r in rs if r["seed"] in grpo
         ]
-        if arm == "grpo" or not pairs:
+        if not pairs:
             continue
         differences = [d for _, d in pairs]
         se = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else None
@@ -679,16 +681,12 @@ def main() -> None:
     ]:
         if record and (eval_dir / "arithmetic" / "problems.jsonl").is_file():
             record.update(without_example_copies(eval_dir, args))
-    from masa.runfiles import read_jsonl
-
     for r in runs:  # records from before these were kept, where the run folder is still here
         folder = args.out / "runs" / f"{r['arm']}-s{r['seed']}"
-        r["final_weights_sha256"] = r.get("final_weights_sha256") or weights_digest(folder)
         if "sequences_trained" not in r["tokens_per_step"] and (folder / "metrics.jsonl").is_file():
-            steps = [x for x in read_jsonl(folder / "metrics.jsonl") if "perf/step_seconds" in x]
-            r["tokens_per_step"]["sequences_trained"] = statistics.fmean(
-                x["update/trained_sequences"] for x in steps
-            )
+            fresh = summarise_run(folder, r["arm"], r["seed"], r["overrides"])
+            r["tokens_per_step"]["sequences_trained"] = fresh["tokens_per_step"]["sequences_trained"]
+            r["final_weights_sha256"] = fresh["final_weights_sha256"]
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         summary = report(runs, args, base)
