@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -42,6 +44,19 @@ def test_a_folder_marked_complete_without_weights_is_rebuilt(tmp_path, monkeypat
     (marked / models._COMPLETE_MARKER).write_text("written by a rank whose save_pretrained wrote nothing")
     path = models.embedded_smollm2_path()
     assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def test_a_reinstalled_wheel_reuses_the_conversion_and_other_contents_do_not(tmp_path, monkeypatch):
+    """A fresh venv unpacks the same GGUF with a new mtime; it must find the existing conversion rather
+    than write another 540 MB copy, while a GGUF with other bytes must not share it."""
+    monkeypatch.setenv("MASA_CACHE", str(tmp_path / "cache"))
+    first, reinstalled, other = (tmp_path / name for name in ("first.gguf", "reinstalled.gguf", "other.gguf"))
+    first.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    reinstalled.write_bytes(first.read_bytes())
+    os.utime(reinstalled, (1_000_000_000, 1_000_000_000))
+    other.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 64)
+    assert models.embedded_cache_dir(reinstalled) == models.embedded_cache_dir(first)
+    assert models.embedded_cache_dir(other) != models.embedded_cache_dir(first)
 
 
 def test_embedded_model_is_plain_and_trainable():
