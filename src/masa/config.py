@@ -200,8 +200,9 @@ class MetaConfig:
     """Weight of the expert targets' token-mean cross-entropy, an extra term of the same optimiser step."""
     expert_every: int = 1
     """Add the supervised term every this many training steps."""
-    expert_batch: int = 16
-    """Targets per supervised term, drawn from the buffer."""
+    expert_batch: int = 4
+    """Targets per supervised term, drawn from the buffer. 4 rather than 16: the same token-mean weight from
+    fewer rows kept accuracy and alignment over 3 seeds for a 19% cheaper step (benchmarks/README.md)."""
     expert_buffer: int = 256
     """Most recent targets kept."""
 
