@@ -212,7 +212,9 @@ def without_example_copies(eval_dir: Path, args: argparse.Namespace) -> dict[str
 
 
 def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from masa.runfiles import read_jsonl
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = [r for r in rows if "perf/step_seconds" in r]
     evals = [
         {
@@ -275,9 +277,10 @@ def pass_rates_by_level(run_dir: Path, steps: range) -> dict[str, list[float]]:
     log = run_dir / "meta_predictions.jsonl"
     if not log.exists():
         return {}
+    from masa.runfiles import read_jsonl
+
     levels: dict[int, tuple[list[float], list[float]]] = {}
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(log):
         parsed = [p for p in row["predicted_pass_rates"] if p is not None]
         if row["step"] in steps and parsed:
             predicted, actual = levels.setdefault(row["difficulty"], ([], []))
@@ -697,6 +700,8 @@ def main() -> None:
             fresh = summarise_run(folder, r["arm"], r["seed"], r["overrides"])
             r["tokens_per_step"]["sequences_trained"] = fresh["tokens_per_step"]["sequences_trained"]
             r["final_weights_sha256"] = fresh["final_weights_sha256"]
+            # Kept, so that the next report does not hash the weights again.
+            write_json(folder.with_suffix(".json"), r)
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         summary = report(runs, args, base)
