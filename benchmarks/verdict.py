@@ -229,10 +229,6 @@ def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> d
         if "eval/accuracy" in r
     ]
 
-    def mean(key: str, part: list[dict]) -> float | None:
-        values = [r[key] for r in part if r.get(key) is not None and not _nan(r[key])]
-        return statistics.fmean(values) if values else None
-
     tail = steps[-5:]
     return {
         "arm": arm,
@@ -267,9 +263,46 @@ def summarise_run(run_dir: Path, arm: str, seed: int, overrides: list[str]) -> d
             k: mean(k, steps) for k in ("grad/norm_solution", "grad/norm_meta", "grad/cos_solution_meta")
         },
         "sequential_from": next((r["step"] for r in steps if r.get("stage/sequential")), None),
+        "stages": stage_summary(steps),
         "final_weights_sha256": weights_digest(run_dir),
         "by_level_last5": pass_rates_by_level(run_dir, range(len(steps) - 4, len(steps) + 1)),
     }
+
+
+def cell(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def stage_summary(steps: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per stage (parallel, sequential), what a step cost and, once sequential, what gating and cutoff did."""
+
+    out: dict[str, dict[str, float | None]] = {}
+    for stage, part in (
+        ("parallel", [r for r in steps if not r.get("stage/sequential")]),
+        ("sequential", [r for r in steps if r.get("stage/sequential")]),
+    ):
+        if not part:
+            continue
+        keys = [
+            "perf/step_seconds",
+            "perf/generate_seconds",
+            "perf/update_seconds",
+            "tokens/solution",
+            "tokens/meta",
+        ]
+        if stage == "sequential":
+            keys += [
+                "gate/gated_fraction",
+                "gate/precision_direction",
+                "cutoff/cut_fraction",
+                "cutoff/tokens_saved",
+            ]
+        out[stage] = {"steps": len(part), **{k: mean(k, part) for k in keys}}
+        if stage == "sequential":
+            out[stage]["gate/precision_direction_cumulative"] = part[-1].get(
+                "gate/precision_direction_cumulative"
+            )
+    return out
 
 
 def pass_rates_by_level(run_dir: Path, steps: range) -> dict[str, list[float]]:
@@ -292,6 +325,12 @@ def pass_rates_by_level(run_dir: Path, steps: range) -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------------------------- report
 def _nan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
+
+
+def mean(key: str, part: list[dict]) -> float | None:
+    """The mean of ``key`` over the rows that logged a number for it."""
+    values = [r[key] for r in part if r.get(key) is not None and not _nan(r[key])]
+    return statistics.fmean(values) if values else None
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -472,6 +511,25 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
         se = "-" if row["se"] is None else f"{row['se']:.1f}"
         print(f"| {arm} | {','.join(map(str, row['seeds']))} | {per_seed} | {row['mean']:+.1f} ± {se} |")
 
+    staged = [r for r in runs if "sequential" in r.get("stages", {})]
+    if staged:
+        print("\nMASA-efficient by stage, per run (step seconds and solution tokens: mean per step):")
+        print(
+            "| run | parallel steps | s/step | solution tokens | sequential steps | s/step | solution tokens "
+            "| gated | gate precision (dir, cumulative) | cut | tokens saved by cutoff |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in staged:
+            par, seq = r["stages"].get("parallel", {}), r["stages"]["sequential"]
+
+            print(
+                f"| {r['arm']} s{r['seed']} | {par.get('steps', 0)} | {cell(par.get('perf/step_seconds'))} "
+                f"| {cell(par.get('tokens/solution'), '.0f')} | {seq['steps']} | {cell(seq['perf/step_seconds'])} "
+                f"| {cell(seq['tokens/solution'], '.0f')} | {cell(seq['gate/gated_fraction'], '.2f')} "
+                f"| {cell(seq['gate/precision_direction_cumulative'], '.2f')} | {cell(seq['cutoff/cut_fraction'], '.2f')} "
+                f"| {cell(seq['cutoff/tokens_saved'], '.0f')} |"
+            )
+
     identical = identical_final_weights(runs)
     print("\nFinal weights bit-identical across arms, same seed (sha256 of model.safetensors):")
     for group in identical:
@@ -507,7 +565,13 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
         out["MASA (new) within 2 points of GRPO"] = {
             "status": "met" if ok else "MISSED",
             "detail": f"GRPO {grpo_final:.3f}, MASA new {new:.3f}: "
-            + (f"{gap:.1f} points behind" if gap > 0 else f"{-gap:.1f} points ahead"),
+            + (
+                "level"
+                if abs(gap) < 0.05
+                else f"{gap:.1f} points behind"
+                if gap > 0
+                else f"{-gap:.1f} points ahead"
+            ),
         }
     if per_step("masa-new") and per_step("grpo"):
         ratio = per_step("masa-new") / per_step("grpo")
