@@ -760,10 +760,12 @@ def main() -> None:
             record.update(without_example_copies(eval_dir, args))
     for r in runs:  # records from before these were kept, where the run folder is still here
         folder = args.out / "runs" / f"{r['arm']}-s{r['seed']}"
-        if "sequences_trained" not in r["tokens_per_step"] and (folder / "metrics.jsonl").is_file():
+        stale = "sequences_trained" not in r["tokens_per_step"] or "stages" not in r
+        if stale and (folder / "metrics.jsonl").is_file():
             fresh = summarise_run(folder, r["arm"], r["seed"], r["overrides"])
             r["tokens_per_step"]["sequences_trained"] = fresh["tokens_per_step"]["sequences_trained"]
             r["final_weights_sha256"] = fresh["final_weights_sha256"]
+            r["stages"] = fresh["stages"]
             # Kept, so that the next report does not hash the weights again.
             write_json(folder.with_suffix(".json"), r)
     tables = io.StringIO()
