@@ -275,33 +275,30 @@ def cell(value: float | None, spec: str = ".1f") -> str:
 
 def stage_summary(steps: list[dict]) -> dict[str, dict[str, float | None]]:
     """Per stage (parallel, sequential), what a step cost and, once sequential, what gating and cutoff did."""
-
+    cost = [
+        "perf/step_seconds",
+        "perf/generate_seconds",
+        "perf/update_seconds",
+        "tokens/solution",
+        "tokens/meta",
+    ]
+    savings = [
+        "gate/gated_fraction",
+        "gate/precision_direction",
+        "cutoff/cut_fraction",
+        "cutoff/tokens_saved",
+    ]
+    parallel = [r for r in steps if not r.get("stage/sequential")]
+    sequential = [r for r in steps if r.get("stage/sequential")]
     out: dict[str, dict[str, float | None]] = {}
-    for stage, part in (
-        ("parallel", [r for r in steps if not r.get("stage/sequential")]),
-        ("sequential", [r for r in steps if r.get("stage/sequential")]),
-    ):
-        if not part:
-            continue
-        keys = [
-            "perf/step_seconds",
-            "perf/generate_seconds",
-            "perf/update_seconds",
-            "tokens/solution",
-            "tokens/meta",
-        ]
-        if stage == "sequential":
-            keys += [
-                "gate/gated_fraction",
-                "gate/precision_direction",
-                "cutoff/cut_fraction",
-                "cutoff/tokens_saved",
-            ]
-        out[stage] = {"steps": len(part), **{k: mean(k, part) for k in keys}}
-        if stage == "sequential":
-            out[stage]["gate/precision_direction_cumulative"] = part[-1].get(
-                "gate/precision_direction_cumulative"
-            )
+    if parallel:
+        out["parallel"] = {"steps": len(parallel), **{k: mean(k, parallel) for k in cost}}
+    if sequential:
+        out["sequential"] = {
+            "steps": len(sequential),
+            **{k: mean(k, sequential) for k in cost + savings},
+            "gate/precision_direction_cumulative": sequential[-1].get("gate/precision_direction_cumulative"),
+        }
     return out
 
 
@@ -508,8 +505,9 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
     print("|---|---|---|---|")
     for arm, row in paired.items():
         per_seed = ", ".join(f"{d:+.0f}" for d in row["differences"])
-        se = "-" if row["se"] is None else f"{row['se']:.1f}"
-        print(f"| {arm} | {','.join(map(str, row['seeds']))} | {per_seed} | {row['mean']:+.1f} ± {se} |")
+        print(
+            f"| {arm} | {','.join(map(str, row['seeds']))} | {per_seed} | {row['mean']:+.1f} ± {cell(row['se'])} |"
+        )
 
     staged = [r for r in runs if "sequential" in r.get("stages", {})]
     if staged:
@@ -521,7 +519,6 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in staged:
             par, seq = r["stages"].get("parallel", {}), r["stages"]["sequential"]
-
             print(
                 f"| {r['arm']} s{r['seed']} | {par.get('steps', 0)} | {cell(par.get('perf/step_seconds'))} "
                 f"| {cell(par.get('tokens/solution'), '.0f')} | {seq['steps']} | {cell(seq['perf/step_seconds'])} "
