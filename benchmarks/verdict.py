@@ -61,6 +61,13 @@ ARMS = {
     # MASA step costs beyond GRPO's.
     "masa-new-expert-batch-16": ["algo=masa", "meta.expert_batch=16"],
     "masa-efficient-expert-batch-16": ["algo=masa-efficient", "meta.expert_batch=16"],
+    # The compact meta prompt (about 110 tokens instead of 210): every meta group's prompt and every expert
+    # target's prompt run through the update, so it is the cheapest change to the step that keeps the
+    # reasoning and all the fields.
+    "masa-compact": ["algo=masa", "meta.prompt=compact"],
+    # Each reward component's advantage on its own JSON field: the pass-rate digit is then trained by the
+    # pass-rate reward alone instead of a sum in which the length and format terms dominate its variance.
+    "masa-field-credit": ["algo=masa", "meta.field_credit=true"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {
