@@ -66,7 +66,7 @@ ARMS = {
     # reasoning and all the fields.
     "masa-compact": ["algo=masa", "meta.prompt=compact"],
     # Each reward component's advantage on its own JSON field: the pass-rate digit is then trained by the
-    # pass-rate reward alone instead of a sum in which the length and format terms dominate its variance.
+    # pass-rate reward alone, not by a sum that also carries the length guess's credit.
     "masa-field-credit": ["algo=masa", "meta.field_credit=true"],
 }
 GATE_SIGMA = 0.1
