@@ -68,6 +68,11 @@ ARMS = {
     # Each reward component's advantage on its own JSON field: the pass-rate digit is then trained by the
     # pass-rate reward alone, not by a sum that also carries the length guess's credit.
     "masa-field-credit": ["algo=masa", "meta.field_credit=true"],
+    # Std-scaled meta advantages under the Brier reward: with mean-centred ones the meta RL term's gradient
+    # norm is 2-5% of the solutions' (masa-field-credit's record), so this asks whether a signal of full
+    # size teaches the pass rate or collapses it as the digit toy predicts for a model that cannot yet tell
+    # problems apart.
+    "masa-meta-std": ["algo=masa", "meta.scale_advantages=true"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {
