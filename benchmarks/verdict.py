@@ -73,8 +73,8 @@ ARMS = {
     # size teaches the pass rate or collapses it as the digit toy predicts for a model that cannot yet tell
     # problems apart.
     "masa-meta-std": ["algo=masa", "meta.scale_advantages=true"],
-    # The same at the paper's meta loss weight: std scaling alone leaves the meta RL term at a sixth to an
-    # eighth of the solutions' gradient norm, this one at 55-70% of it (benchmarks/README.md, bf16 CPU).
+    # The same at the paper's meta loss weight: std scaling alone leaves the meta RL term at a fifth to an
+    # eighth of the solutions' gradient norm, this one at 55-71% of it (benchmarks/README.md, bf16 CPU).
     "masa-meta-std-weight-1": ["algo=masa", "meta.scale_advantages=true", "meta.loss_weight=1.0"],
 }
 GATE_SIGMA = 0.1
