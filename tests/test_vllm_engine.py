@@ -33,6 +33,10 @@ pytestmark = [
 SETTINGS = RolloutConfig(engine="vllm", dtype="fp32", cpu_kv_cache_gb=1)
 QUICK = [
     "rollout.engine=vllm",
+    # fp32 on every CPU: on one with AVX512-BF16, `auto` picks bf16 for the policy and the engine, and the
+    # log-prob gaps these tests bound are then bf16 rounding, not a weight sync that went wrong
+    "model.precision=fp32",
+    "rollout.dtype=fp32",
     "rollout.cpu_kv_cache_gb=1",
     "rollout.n=2",
     "rollout.max_new_tokens=24",
