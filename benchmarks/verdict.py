@@ -76,6 +76,9 @@ ARMS = {
     # The same at the paper's meta loss weight: std scaling alone leaves the meta RL term at a fifth to an
     # eighth of the solutions' gradient norm, this one at 55-71% of it (benchmarks/README.md, bf16 CPU).
     "masa-meta-std-weight-1": ["algo=masa", "meta.scale_advantages=true", "meta.loss_weight=1.0"],
+    # The cheapest meta path masa has: the compact prompt and the JSON alone. What remains of a JSON-only
+    # step's meta cost is mostly the meta and expert prompts (benchmarks/README.md, bf16 CPU).
+    "masa-json-compact": ["algo=masa", "meta.prompt=compact", "meta.reasoning=false"],
 }
 GATE_SIGMA = 0.1
 TARGETS = {

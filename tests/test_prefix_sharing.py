@@ -99,9 +99,10 @@ def test_shared_update_forwards_each_prompt_once(tiny):
     expected = 0
     for kind, prompt in (("solution", PROMPT_A), ("meta", PROMPT_B), ("expert", PROMPT_B)):
         active = [s for s in sequences if s.kind == kind and (s.advantage != 0.0 or kind == "expert")]
-        widest = max(len(s.completion_ids) for s in active)
-        # Each kind's micro-batch: its one prompt row, then every completion minus its last token.
-        expected += len(prompt) + len(active) * (widest - 1) if len(active) > 1 else len(prompt) + widest
+        # Each kind's micro-batch: one row of its prompt, then every completion minus its last token; no
+        # padding. A lone completion has nothing to share and runs whole after its prompt.
+        lengths = [len(s.completion_ids) for s in active]
+        expected += len(prompt) + (sum(n - 1 for n in lengths) if len(active) > 1 else lengths[0])
     assert shared_tokens == expected
     assert shared_tokens < unshared_tokens
 
@@ -122,23 +123,30 @@ def test_pack_shares_identical_prompts_only():
     assert not pack(sequences[:2], pad_id=0, share_prompts=True).shared
 
 
-def test_uniform_passes_take_the_shared_path_with_the_same_logprobs(tiny):
-    """Under FSDP every micro-batch must run the same passes: two, even with nothing to share and a
-    one-token completion (whose second pass then sees only padding)."""
+def test_every_layout_is_one_forward(tiny):
+    """Under FSDP every rank must run as many forwards as the others (each one all-gathers): a shared
+    micro-batch, several prompts' groups with completions of every length, and an unshared one each take
+    exactly one."""
     model, _ = tiny
-    distinct = [TrainSequence([1, 40, 41], [50], 1.0), TrainSequence([1, 42], [51], -1.0)]
-    uniform = pack(distinct, pad_id=2, share_prompts=True, uniform_passes=True)
-    joint = pack(distinct, pad_id=2, share_prompts=True)
-    assert uniform.shared and not joint.shared
-    assert uniform.completion_ids.shape[1] == 2 and uniform.completion_mask[:, 1].sum() == 0
+    sequences = [
+        TrainSequence([1, 40, 41], [50], 1.0),
+        TrainSequence([1, 40, 41], [51, 52, 53], 1.0),
+        TrainSequence([1, 42], [54, 55], -1.0),
+        TrainSequence([1, 42], [56], -1.0),
+    ]
+    shared = pack(sequences, pad_id=2, share_prompts=True)
+    unshared = pack(sequences, pad_id=2)
+    assert shared.shared and not unshared.shared
     calls = []
     hook = model.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
-        two_pass = token_logprobs(model, uniform)
-        one_pass = token_logprobs(model, joint)
+        one = token_logprobs(model, shared)
+        other = token_logprobs(model, unshared)
     hook.remove()
-    assert len(calls) == 3  # two for the uniform batch, one for the joint one
-    torch.testing.assert_close(two_pass[:, :1], one_pass, atol=1e-5, rtol=0)
+    assert len(calls) == 2
+    torch.testing.assert_close(
+        one * shared.completion_mask, other * unshared.completion_mask, atol=1e-5, rtol=0
+    )
 
 
 def test_logprobs_use_each_sequences_own_temperature(tiny):

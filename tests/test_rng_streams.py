@@ -7,7 +7,7 @@ import masa.learner as learner_module
 from masa.config import load_config
 from masa.rng import RngStreams
 from masa.rollout.engine import HFEngine
-from masa.rollout.types import SamplingParams
+from masa.rollout.types import GenerationRequest, SamplingParams
 from masa.trainer import Trainer
 
 
@@ -79,3 +79,57 @@ def test_arms_differing_only_in_the_meta_path_see_the_same_solutions(tmp_path):
     masa, masa_weights = _run(tmp_path, "masa", "meta.loss_weight=0", "meta.expert_sft=false")
     assert masa == grpo
     assert torch.equal(masa_weights, grpo_weights)
+
+
+class _BatchingRecorder:
+    """An engine that takes several requests at once (like vLLM) and records how it was called."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.weights_version = engine.weights_version
+        self.calls: list[int] = []
+
+    def load_weights(self, named_tensors, version):
+        self.engine.load_weights(named_tensors, version)
+        self.weights_version = version
+
+    def generate(self, prompts, n, params, max_tokens=None, seed=None):
+        return self.generate_many([GenerationRequest(prompts, n, params, max_tokens, seed)])[0]
+
+    def generate_many(self, requests):
+        self.calls.append(len(requests))
+        return [self.engine.generate(r.prompts, r.n, r.params, r.max_tokens, r.seed) for r in requests]
+
+
+def _masa_steps(tmp_path, name, *overrides):
+    config = load_config(
+        "tiny",
+        overrides=[
+            f"train.output_dir={tmp_path}",
+            f"train.run_name={name}",
+            "data.eval=null",
+            "algo=masa",
+            "train.steps=2",
+            "meta.n=2",
+            "rollout.n=2",
+            "rollout.temperature=1.0",
+            *overrides,
+        ],
+    )
+    trainer = Trainer(config, run_dir=tmp_path / name)
+    recorder = _BatchingRecorder(trainer.engine.engine)
+    trainer.engine.engine = recorder
+    for step in range(2):
+        trainer.step = step
+        trainer.train_step()
+    return recorder.calls, torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_parallel_stage_samples_metas_in_the_solutions_engine_call(tmp_path):
+    together, together_weights = _masa_steps(tmp_path, "together")
+    apart, apart_weights = _masa_steps(tmp_path, "apart", "meta.sample_with_solutions=false")
+    assert together == [2, 2]  # one call per step, holding the solutions' and the metas' requests
+    assert apart == [1, 1, 1, 1]
+    # Each request keeps its own seed stream: with an engine whose numerics ignore the batch, the same
+    # samples, so the same two updates.
+    assert torch.equal(together_weights, apart_weights)

@@ -21,7 +21,7 @@ from masa.models import SMOLLM2, load_model
 from masa.prompts import encode_user_message
 from masa.rollout import build_engine
 from masa.rollout.engine import HFEngine
-from masa.rollout.types import FinishReason, SamplingParams
+from masa.rollout.types import FinishReason, GenerationRequest, SamplingParams
 from masa.update import TrainSequence, UpdateSettings, pack, policy_update, token_logprobs
 
 # Not imported here: vLLM must be imported after masa has set its environment variables.
@@ -203,6 +203,24 @@ def test_same_seed_same_samples_other_seed_other_samples(engine, smollm2):
     assert first == run(5)
     assert first != run(6)
     assert first[0] != first[1]  # the n samples of one prompt are not copies of each other
+
+
+def test_requests_generated_together_keep_their_own_limits_temperatures_and_seeds(engine, smollm2):
+    model, tokenizer = smollm2
+    prompts = _prompts(tokenizer)
+    short = GenerationRequest(prompts[:2], 2, SamplingParams(0.7, 1.0, 40), max_tokens=[40, 6], seed=1)
+    tempered = GenerationRequest(prompts[2:], 3, SamplingParams(1.3, 1.0, 8), seed=2)
+    first, second = engine.generate_many([short, tempered])
+    assert [len(g) for g in first] == [2, 2] and [len(g) for g in second] == [3]
+    assert {r.finish_reason for r in first[1]} == {FinishReason.CUTOFF}
+    assert all(r.num_tokens <= 8 for r in second[0])
+    # Each sequence was sampled at its own request's temperature.
+    assert _max_gap(model, tokenizer, [r for g in first for r in g], 0.7) < 1e-4
+    assert _max_gap(model, tokenizer, second[0], 1.3) < 1e-4
+    again = engine.generate_many([short, tempered])
+    assert [[r.completion_ids for r in g] for g in again[1]] == [
+        [r.completion_ids for r in g] for g in second
+    ]
 
 
 def test_weights_follow_a_training_step_and_back(engine, smollm2):

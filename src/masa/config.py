@@ -133,11 +133,10 @@ class AlgoConfig:
     scale_advantages: bool = True
     """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
     prefix_sharing: bool = True
-    """In the update, forward each problem's prompt once for all its completions: the same gradient (within
-    1e-5), 61-83% fewer tokens through forward and backward on the default task, 13-40% fewer CPU seconds
-    per update in one process (benchmarks/update_cost.py). Under FSDP every micro-batch then takes the
-    two-pass (prompt, completions) path, so all ranks all-gather alike. Not with
-    model.gradient_checkpointing, which drops the key/value cache: there it runs unshared."""
+    """In the update, run each problem's prompt once, followed in the same row by all its completions (a 4D
+    mask keeps them apart; no padding between them): the same gradient (within 1e-5), for fewer tokens
+    through forward and backward (benchmarks/update_cost.py). Needs a model that honours custom 4D
+    attention masks, which masa checks at start-up."""
 
 
 @dataclass
@@ -153,6 +152,12 @@ class MetaConfig:
     max_new_tokens: int = 96
     temperature: float | None = None
     """Sampling temperature of meta rollouts; null uses rollout.temperature."""
+    sample_with_solutions: bool = True
+    """In the parallel stage, sample the meta rollouts in the same engine call as the solutions: vLLM then
+    decodes the short meta outputs beside the long solutions instead of after them (benchmarks/README.md
+    measures the saving). A batching engine's numerics depend slightly on what else is in its batch, so the
+    solutions are then not sample-identical to a GRPO run's at the same weights; false keeps them so (the
+    meta.loss_weight=0 ablation). The HF engine generates the two one after the other either way."""
     prompt: Literal["paper", "compact"] = "paper"
     """The meta prompt's wording: the paper's (about 210 tokens with the chat scaffold on the embedded model)
     or a compact one-line schema with the same fields (about 110)."""

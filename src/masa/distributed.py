@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from masa.rollout.types import Rollout, SamplingParams
+from masa.rollout.engine import generate_together
+from masa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 T = TypeVar("T")
 
@@ -142,24 +143,28 @@ class SplitEngine:
         n: int,
         params: SamplingParams,
         max_tokens: Sequence[int] | None = None,
-        **options: Any,
+        seed: int | None = None,
     ) -> list[list[Rollout]]:
-        mine = self.ranks.share(len(prompts))
-        if options.get("seed") is not None:
-            # Distinct samples on each rank, still reproducible from the shared seed.
-            options["seed"] = options["seed"] * self.ranks.world + self.ranks.rank
-        local = (
-            self.engine.generate(
-                list(prompts[mine]),
-                n,
-                params,
-                None if max_tokens is None else list(max_tokens[mine]),
-                **options,
+        return self.generate_many([GenerationRequest(prompts, n, params, max_tokens, seed)])[0]
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[Rollout]]]:
+        shares = [self.ranks.share(len(r.prompts)) for r in requests]
+        local_requests = [
+            GenerationRequest(
+                list(r.prompts[mine]),
+                r.n,
+                r.params,
+                None if r.max_tokens is None else list(r.max_tokens[mine]),
+                # Distinct samples on each rank, still reproducible from the shared seed.
+                None if r.seed is None else r.seed * self.ranks.world + self.ranks.rank,
             )
-            if mine.stop > mine.start
-            else []
-        )
-        return [group for part in self.ranks.gather(local) for group in part]
+            for r, mine in zip(requests, shares, strict=True)
+        ]
+        wanted = [r for r in local_requests if r.prompts]
+        generated = iter(generate_together(self.engine, wanted) if wanted else [])
+        local = [next(generated) if r.prompts else [] for r in local_requests]
+        parts = self.ranks.gather(local)
+        return [[group for part in parts for group in part[k]] for k in range(len(requests))]
 
     def __getattr__(self, name: str) -> Any:
         # Weight sync (load_weights, weights_version) and anything else reach the wrapped engine.

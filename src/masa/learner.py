@@ -28,9 +28,9 @@ from masa.checkpoint import (
     save_sharded_checkpoint,
     writes_sharded,
 )
-from masa.config import Config, LoraConfig
+from masa.config import Config, ConfigError, LoraConfig
 from masa.distributed import SINGLE_PROCESS, Ranks
-from masa.update import TrainSequence, UpdateSettings, policy_update
+from masa.update import TrainSequence, UpdateSettings, honours_shared_layout, policy_update
 
 # Sharded checkpoints hold the trainable parameters only (with LoRA the adapter): loading them leaves the
 # frozen ones as the base model has them.
@@ -75,8 +75,7 @@ class Learner:
             mini_batches=a.mini_batches,
             micro_batch_sequences=a.micro_batch_sequences,
             grad_clip=a.grad_clip,
-            # Gradient checkpointing drops the key/value cache the shared prompt pass hands on.
-            prefix_sharing=a.prefix_sharing and not config.model.gradient_checkpointing,
+            prefix_sharing=a.prefix_sharing,
             off_policy=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),
             importance_sampling_cap=config.rollout.importance_sampling_cap
             if _importance_sampling(config)
@@ -86,6 +85,11 @@ class Learner:
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if a.prefix_sharing and not honours_shared_layout(model):
+            raise ConfigError(
+                f"algo.prefix_sharing: {type(model).__name__} ignores custom 4D attention masks, which the "
+                "prefix-shared update needs; set algo.prefix_sharing=false"
+            )
         self.ref_model = (
             (reference or copy.deepcopy(model)).eval().requires_grad_(False) if a.kl_coef > 0 else None
         )

@@ -54,8 +54,9 @@ from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solutio
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
 from masa.rollout import build_engine
+from masa.rollout.engine import generate_together
 from masa.rollout.sync import SyncedEngine
-from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.rollout.types import FinishReason, GenerationRequest, Rollout, SamplingParams
 from masa.runfiles import write_text
 from masa.tracking import (
     CONFIG_FILE,
@@ -236,13 +237,25 @@ class Trainer:
             else None
         )
         prompts = [self._solution_ids(p, hints[i] if hints else None) for i, p in enumerate(problems)]
-        groups = self.engine.generate(
-            prompts, self.cfg.rollout.n, self.sampling, max_tokens=limits, seed=self.streams.draw("solutions")
-        )
+        requests = [
+            GenerationRequest(
+                prompts,
+                self.cfg.rollout.n,
+                self.sampling,
+                max_tokens=limits,
+                seed=self.streams.draw("solutions"),
+            )
+        ]
+        parallel_metas = masa and not sequential
+        if parallel_metas and self.cfg.meta.sample_with_solutions:
+            requests.append(self._meta_request(problems))
+        generated_groups = generate_together(self.engine, requests)
+        groups = generated_groups[0]
+        if parallel_metas:
+            meta_groups = generated_groups[1] if len(generated_groups) > 1 else self._generate_metas(problems)
+            metas = self._meta_rollouts(meta_groups)
         texts = [self._decode(g) for g in groups]
         rewards = [self._score(p, t, g) for p, t, g in zip(problems, texts, groups, strict=True)]
-        if masa and not sequential:
-            metas = self._meta_rollouts(problems)
         generated = time.perf_counter()
 
         stats = [
@@ -381,13 +394,18 @@ class Trainer:
             grade_cutoff=self.cfg.efficient.grade_cutoff,
         )
 
-    def _meta_rollouts(self, problems: list[Problem]) -> list[list[MetaRollout]]:
-        if not problems:
-            return []
-        mc = self.cfg.meta
-        groups = self.engine.generate(
-            [self._meta_ids(p) for p in problems], mc.n, self.meta_sampling, seed=self.streams.draw("metas")
+    def _meta_request(self, problems: list[Problem]) -> GenerationRequest:
+        return GenerationRequest(
+            [self._meta_ids(p) for p in problems],
+            self.cfg.meta.n,
+            self.meta_sampling,
+            seed=self.streams.draw("metas"),
         )
+
+    def _generate_metas(self, problems: list[Problem]) -> list[list[Rollout]]:
+        return generate_together(self.engine, [self._meta_request(problems)])[0] if problems else []
+
+    def _meta_rollouts(self, groups: list[list[Rollout]]) -> list[list[MetaRollout]]:
         return [
             [self._meta_rollout(r, text) for r, text in zip(group, self._decode(group), strict=True)]
             for group in groups
@@ -454,7 +472,9 @@ class Trainer:
         examined = gated = skipped = skipped_meta_tokens = 0
         candidates = problems
         for round_index in range(self.cfg.efficient.refill_rounds + 1):
-            for problem, group in zip(candidates, self._meta_rollouts(candidates), strict=True):
+            for problem, group in zip(
+                candidates, self._meta_rollouts(self._generate_metas(candidates)), strict=True
+            ):
                 decision = self.gate.decide([self._gate_fraction(m) for m in group])
                 examined += 1
                 gated += decision.gated

@@ -7,7 +7,6 @@ token-mean of its own kind, so the share of the update a kind gets is its weight
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.models import autocast_context
@@ -55,8 +54,9 @@ class PackedBatch:
     """Sequences laid out for the forward pass: prompt rows, and completion rows that each continue one.
 
     Completion row b continues prompt row ``prompt_index[b]``. Unshared, every completion has a prompt row
-    of its own; shared, the completions of one prompt point at a single row, which is forwarded once.
-    Every per-token tensor is (B, C), aligned with ``completion_ids``, whatever the prompt layout.
+    of its own; shared, the completions of one prompt point at a single row, which is forwarded once,
+    followed by all of them (``_shared_prompt_logits``). Every per-token tensor is (B, C), aligned with
+    ``completion_ids``, whatever the prompt layout.
     """
 
     prompt_ids: torch.Tensor  # (U, P), padded on the left
@@ -85,13 +85,11 @@ def pack(
     device: torch.device | str = "cpu",
     *,
     share_prompts: bool = False,
-    uniform_passes: bool = False,
 ) -> PackedBatch:
     """Lay ``sequences`` out for one forward; ``share_prompts`` gives identical prompts a single row.
 
-    With ``uniform_passes`` a shared layout is used (a prompt pass, then a completion pass) even when
-    nothing repeats, and completions get at least two columns, so every batch costs the same two
-    forwards: under FSDP each forward all-gathers the parameters, and every rank must gather alike.
+    Either layout is a single forward pass, so under FSDP (where each forward all-gathers the parameters
+    and every rank must gather alike) ranks stay in step whichever layout their micro-batches get.
     """
     rows: dict[tuple[int, ...], int] = {}
     if share_prompts:
@@ -106,7 +104,7 @@ def pack(
         if prompt:
             prompt_ids[row, -len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             prompt_mask[row, -len(prompt) :] = 1
-    width = max(max(len(s.completion_ids) for s in sequences), 2 if share_prompts and uniform_passes else 1)
+    width = max(len(s.completion_ids) for s in sequences)
     completion_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros(len(sequences), width)
     for row, seq in enumerate(sequences):
@@ -139,9 +137,8 @@ def pack(
         completion_mask=completion_mask.to(device),
         advantages=advantages.to(device),
         temperatures=torch.tensor([s.temperature for s in sequences], dtype=torch.float32, device=device),
-        # With nothing to share, one joint forward is cheaper than a prompt pass plus a completion pass
-        # (unless the passes must be uniform).
-        shared=len(prompts) < len(sequences) or (share_prompts and uniform_passes),
+        # A shared row needs a prompt position to predict each completion's first token.
+        shared=len(prompts) < len(sequences) and all(prompts),
         sampler_logprobs=sampler,
     )
 
@@ -172,41 +169,80 @@ def _joint_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
 
 
 def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
-    """Each distinct prompt forwarded once; its completions then run against its key/value cache.
+    """Each distinct prompt once, followed in the same row by every completion that continues it.
 
-    The cache is not detached: the prompt's keys and values carry the gradient of every completion that
-    attends to them back into the prompt's activations, so the gradient equals the unshared forward's.
-    The last prompt position predicts completion token 0; completion tokens 0..C-2 predict the rest (the
-    last completion token is never an input).
+    A completion's tokens attend to its prompt and, causally, to themselves only (a 4D mask), and sit at the
+    positions they would have right after the prompt, so each sees exactly what an unshared forward shows
+    it: the same logits, from one row of P + sum(C_b - 1) tokens per prompt instead of B rows padded to
+    P + C. Gradients of every completion reach the prompt's activations through its keys and values. The
+    last prompt position predicts each completion's token 0; a completion's tokens 0..C-2 predict the rest
+    (its last token is never an input).
     """
-    cache = DynamicCache(config=model.config)
-    cache_arg = {_cache_keyword(model): cache}
-    first = model(
-        input_ids=batch.prompt_ids,
-        attention_mask=batch.prompt_mask,
-        position_ids=_positions(batch.prompt_mask),
-        logits_to_keep=1,
-        use_cache=True,
-        **cache_arg,
+    layout = _SharedLayout(batch)
+    device = batch.completion_ids.device
+    # The lm-head runs from the shortest prompt's last position on, not over every prompt token.
+    offset = min(layout.prompt_lengths) - 1
+    logits = model(
+        input_ids=layout.input_ids.to(device),
+        attention_mask=layout.attention_mask().to(device),
+        position_ids=layout.position_ids.to(device),
+        logits_to_keep=layout.input_ids.shape[1] - offset,
+        use_cache=False,
     ).logits
-    first = _repeat_rows(first, batch.prompt_index)
-    width = batch.completion_ids.shape[1]
-    if width == 1:
+    rows = torch.arange(len(layout.prompt_lengths), device=device)
+    last_prompt = torch.tensor(layout.prompt_lengths, device=device) - 1 - offset
+    first = _repeat_rows(logits[rows, last_prompt], batch.prompt_index).unsqueeze(1)
+    if batch.completion_ids.shape[1] == 1:
         return first
-    for layer in cache.layers:  # one copy of its prompt's keys and values per completion
-        layer.keys = _repeat_rows(layer.keys, batch.prompt_index)
-        layer.values = _repeat_rows(layer.values, batch.prompt_index)
-    prompt_mask = batch.prompt_mask[batch.prompt_index]
-    inputs_mask = batch.completion_mask[:, :-1].long()
-    offsets = torch.arange(width - 1, device=prompt_mask.device)
-    rest = model(
-        input_ids=batch.completion_ids[:, :-1],
-        attention_mask=torch.cat([prompt_mask, inputs_mask], dim=1),
-        position_ids=prompt_mask.sum(-1, keepdim=True) + offsets,
-        use_cache=True,
-        **cache_arg,
-    ).logits
+    rest = logits[batch.prompt_index[:, None], (layout.completion_positions - offset).clamp(min=0).to(device)]
     return torch.cat([first, rest], dim=1)
+
+
+class _SharedLayout:
+    """The rows of ``_shared_prompt_logits``: prompt u, then each of its completions but the last token.
+
+    ``segments`` numbers what a token belongs to (0: the prompt, b + 1: completion b, -1: padding), from
+    which the attention mask follows; ``completion_positions[b, t]`` is the row position of completion b's
+    token t (t < C_b - 1), the position whose logits predict its token t + 1.
+    """
+
+    def __init__(self, batch: PackedBatch):
+        prompt_mask = batch.prompt_mask.cpu()
+        prompts = [
+            row[mask.bool()].tolist() for row, mask in zip(batch.prompt_ids.cpu(), prompt_mask, strict=True)
+        ]
+        lengths = batch.completion_mask.sum(-1).long().tolist()
+        completions = batch.completion_ids.cpu()
+        self.prompt_lengths = [len(p) for p in prompts]
+        tokens = [list(p) for p in prompts]
+        positions = [list(range(len(p))) for p in prompts]
+        segments = [[0] * len(p) for p in prompts]
+        self.completion_positions = torch.zeros(
+            batch.completion_ids.shape[0], max(batch.completion_ids.shape[1] - 1, 0), dtype=torch.long
+        )
+        for b, u in enumerate(batch.prompt_index.tolist()):
+            inputs = completions[b, : max(lengths[b] - 1, 0)].tolist()
+            start = len(tokens[u])
+            self.completion_positions[b, : len(inputs)] = torch.arange(start, start + len(inputs))
+            tokens[u] += inputs
+            positions[u] += range(len(prompts[u]), len(prompts[u]) + len(inputs))
+            segments[u] += [b + 1] * len(inputs)
+        width = max(len(t) for t in tokens)
+        self.input_ids = torch.zeros(len(tokens), width, dtype=torch.long)
+        self.position_ids = torch.zeros(len(tokens), width, dtype=torch.long)
+        self.segments = torch.full((len(tokens), width), -1, dtype=torch.long)
+        for u, (ids, pos, seg) in enumerate(zip(tokens, positions, segments, strict=True)):
+            self.input_ids[u, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            self.position_ids[u, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+            self.segments[u, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+
+    def attention_mask(self) -> torch.Tensor:
+        """(U, 1, T, T) bool, True where a query may attend to a key."""
+        width = self.segments.shape[1]
+        query, key = self.segments[:, :, None], self.segments[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        # Padding queries see the prompt, so no softmax row is empty (NaN); nothing reads their outputs.
+        return (causal & (key >= 0) & ((key == 0) | (key == query))).unsqueeze(1)
 
 
 def _repeat_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -222,11 +258,23 @@ def _repeat_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return grouped.index_select(0, torch.argsort(order))
 
 
-def _cache_keyword(model: PreTrainedModel) -> str:
-    # transformers 5.x renames `past_key_values` to `cache` (the old name still works, with a warning). A
-    # wrapper (peft) forwards **kwargs, so the wrapped model's own signature decides.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+def honours_shared_layout(model: PreTrainedModel) -> bool:
+    """Whether ``model`` applies a custom 4D attention mask, as the shared layout needs: two completions of
+    one prompt get the same log-probabilities shared as unshared. A model that ignored the mask would let
+    each completion attend to the other, and the update would be silently wrong."""
+    prompt, completions = [1, 2, 3, 4, 5], [[6, 7, 8], [9, 10, 11, 12]]
+    sequences = [TrainSequence(prompt, c, 0.0) for c in completions]
+    device = next(model.parameters()).device
+    shared = pack(sequences, pad_id=0, device=device, share_prompts=True)
+    unshared = pack(sequences, pad_id=0, device=device)
+    was_training = model.training
+    model.eval()  # no dropout: the two layouts must see the same function
+    try:
+        with torch.no_grad():
+            gap = (token_logprobs(model, shared) - token_logprobs(model, unshared)) * shared.completion_mask
+    finally:
+        model.train(was_training)
+    return float(gap.abs().max()) < 1e-3
 
 
 def truncated_importance_weights(
@@ -530,7 +578,6 @@ def policy_update(
             pad_id,
             device,
             share_prompts=settings.prefix_sharing,
-            uniform_passes=ranks.world > 1,
         )
         for _, micro in plans
         for key in micro

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from masa.models import autocast_context
-from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.rollout.types import FinishReason, GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutEngine(Protocol):
@@ -52,6 +52,21 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Release what the engine holds (workers, memory, process groups); it generates no more."""
         ...
+
+
+def generate_together(
+    engine: RolloutEngine, requests: Sequence[GenerationRequest]
+) -> list[list[list[Rollout]]]:
+    """Each request's groups, as ``generate`` would return them; an engine with ``generate_many`` (vLLM)
+    schedules all requests in one batch, so short completions decode beside long ones rather than after.
+
+    Each sequence still draws from its own request's seed, but a batching engine's numerics can depend
+    on what else is in the batch, so the samples may differ slightly from separate calls.
+    """
+    batched = getattr(engine, "generate_many", None)
+    if batched is not None:
+        return batched(requests)
+    return [engine.generate(r.prompts, r.n, r.params, max_tokens=r.max_tokens, seed=r.seed) for r in requests]
 
 
 def prompt_limits(

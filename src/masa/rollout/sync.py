@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from masa.rollout.engine import RolloutEngine
-from masa.rollout.types import Rollout, SamplingParams
+from masa.rollout.engine import RolloutEngine, generate_together
+from masa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class StaleEngineError(RuntimeError):
@@ -60,9 +60,12 @@ class SyncedEngine:
         max_tokens: Sequence[int] | None = None,
         seed: int | None = None,
     ) -> list[list[Rollout]]:
+        return self.generate_many([GenerationRequest(prompts, n, params, max_tokens, seed)])[0]
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[Rollout]]]:
         if self.engine.weights_version != self.policy_version:
             raise StaleEngineError(
                 f"the rollout engine holds policy version {self.engine.weights_version} but the policy is at "
                 f"version {self.policy_version}: call sync() after optimiser steps, before generating"
             )
-        return self.engine.generate(prompts, n, params, max_tokens=max_tokens, seed=seed)
+        return generate_together(self.engine, requests)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,6 +21,18 @@ class SamplingParams:
     watch_token_ids: tuple[int, ...] = ()
     """Tokens whose distribution the engine records at every sampled position (``Rollout.watched_logprobs``):
     e.g. the digits of a predicted pass count, to read the model's expected answer and not just its sample."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One batch of a ``generate_together`` call: ``n`` completions of each prompt under ``params``, with
+    ``max_tokens`` and ``seed`` as in ``RolloutEngine.generate``."""
+
+    prompts: Sequence[list[int]]
+    n: int
+    params: SamplingParams
+    max_tokens: Sequence[int] | None = None
+    seed: int | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from masa.models import cpu_has_fast_bf16
 from masa.rollout.engine import limit_reason, prompt_limits
-from masa.rollout.types import FinishReason, Rollout, SamplingParams
+from masa.rollout.types import FinishReason, GenerationRequest, Rollout, SamplingParams
 
 INSTALL_HINT = {
     "cpu": (
@@ -172,32 +172,42 @@ class VLLMEngine:
         max_tokens: Sequence[int] | None = None,
         seed: int | None = None,
     ) -> list[list[Rollout]]:
-        limits = prompt_limits(prompts, params, max_tokens)
-        jobs = [i for i in range(len(prompts)) for _ in range(n)]
-        seeds = random.Random(seed) if seed is not None else None
-        requests = [{"prompt_token_ids": list(prompts[i])} for i in jobs]
-        sampling = [
-            self._sampling_params(
-                n=1,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=limits[i],
-                stop_token_ids=self.eos_ids,
-                # The sampled token's own log-probability, and the watched tokens' if any.
-                **(
-                    {"logprob_token_ids": list(params.watch_token_ids)}
-                    if params.watch_token_ids
-                    else {"logprobs": 0}
-                ),
-                detokenize=False,  # masa decodes itself
-                seed=seeds.getrandbits(63) if seeds is not None else None,
-            )
-            for i in jobs
-        ]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        results: list[list[Rollout]] = [[] for _ in prompts]
-        for i, output in zip(jobs, outputs, strict=True):
-            results[i].append(self._rollout(prompts[i], output.outputs[0], limits[i], params))
+        return self.generate_many([GenerationRequest(prompts, n, params, max_tokens, seed)])[0]
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[Rollout]]]:
+        """Every request in one ``LLM.generate``: the scheduler decodes them as one batch."""
+        jobs: list[tuple[int, int, int]] = []  # (request, prompt, limit) of each sequence
+        sampling = []
+        for r, request in enumerate(requests):
+            limits = prompt_limits(request.prompts, request.params, request.max_tokens)
+            seeds = random.Random(request.seed) if request.seed is not None else None
+            params = request.params
+            for i in range(len(request.prompts)):
+                for _ in range(request.n):
+                    jobs.append((r, i, limits[i]))
+                    sampling.append(
+                        self._sampling_params(
+                            n=1,
+                            temperature=params.temperature,
+                            top_p=params.top_p,
+                            max_tokens=limits[i],
+                            stop_token_ids=self.eos_ids,
+                            # The sampled token's own log-probability, and the watched tokens' if any.
+                            **(
+                                {"logprob_token_ids": list(params.watch_token_ids)}
+                                if params.watch_token_ids
+                                else {"logprobs": 0}
+                            ),
+                            detokenize=False,  # masa decodes itself
+                            seed=seeds.getrandbits(63) if seeds is not None else None,
+                        )
+                    )
+        prompt_requests = [{"prompt_token_ids": list(requests[r].prompts[i])} for r, i, _ in jobs]
+        outputs = self.llm.generate(prompt_requests, sampling, use_tqdm=False) if jobs else []
+        results: list[list[list[Rollout]]] = [[[] for _ in request.prompts] for request in requests]
+        for (r, i, limit), output in zip(jobs, outputs, strict=True):
+            request = requests[r]
+            results[r][i].append(self._rollout(request.prompts[i], output.outputs[0], limit, request.params))
         return results
 
     def _rollout(self, prompt: list[int], completion: Any, limit: int, params: SamplingParams) -> Rollout:
