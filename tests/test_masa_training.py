@@ -115,13 +115,13 @@ def test_meta_rollouts_sample_and_train_at_meta_temperature(tmp_path, monkeypatc
     seen = _record_updates(monkeypatch)
     trainer = _trainer(tmp_path, "masa", "rollout.temperature=0.9", "meta.temperature=0.4")
     temperatures = []
-    real_generate = trainer.engine.generate
+    real_generate = trainer.engine.generate_many
 
-    def recording(prompts, n, params, max_tokens=None, seed=None):
-        temperatures.append(params.temperature)
-        return real_generate(prompts, n, params, max_tokens, seed=seed)
+    def recording(requests):
+        temperatures.extend(r.params.temperature for r in requests)
+        return real_generate(requests)
 
-    trainer.engine.generate = recording
+    trainer.engine.generate_many = recording
     trainer.train_step()
     assert temperatures == [0.9, 0.4]  # solutions, then metas
     assert {s.temperature for s in seen[0] if s.kind == "solution"} == {0.9}

