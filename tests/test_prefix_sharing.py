@@ -179,3 +179,21 @@ def test_shared_gradient_is_bitwise_repeatable(tiny):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     model.zero_grad(set_to_none=True)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_a_prompt_opens_another_row_past_the_row_limit(tiny):
+    """Completions that would make a shared row too long go to a second row with its own copy of the
+    prompt, with the same log-probabilities."""
+    model, _ = tiny
+    sequences = _sequences()
+    capped = pack(sequences, pad_id=2, share_prompts=True, max_shared_row=14)
+    whole = pack(sequences, pad_id=2, share_prompts=True)
+    assert whole.prompt_ids.shape[0] == 2 and capped.prompt_ids.shape[0] > 2
+    assert capped.shared
+    unshared = pack(sequences, pad_id=2)
+    with torch.no_grad():
+        expected = token_logprobs(model, unshared) * unshared.completion_mask
+        for batch in (capped, whole):
+            torch.testing.assert_close(
+                token_logprobs(model, batch) * batch.completion_mask, expected, atol=1e-5, rtol=0
+            )

@@ -79,22 +79,29 @@ class PackedBatch:
         return torch.cat([self.prompt_mask[self.prompt_index], self.completion_mask.long()], dim=1)
 
 
+MAX_SHARED_ROW_TOKENS = 4096
+"""Longest row of the shared layout. A row's attention grows with the square of its length while its
+completions never attend to each other, so past this a prompt opens a new row rather than growing one. At
+the paper's lengths (solutions of 4k-8k tokens) a row then holds one completion: there the prompt is a few
+percent of the tokens, so little sharing is lost."""
+
+
 def pack(
     sequences: Sequence[TrainSequence],
     pad_id: int,
     device: torch.device | str = "cpu",
     *,
     share_prompts: bool = False,
+    max_shared_row: int = MAX_SHARED_ROW_TOKENS,
 ) -> PackedBatch:
-    """Lay ``sequences`` out for one forward; ``share_prompts`` gives identical prompts a single row.
+    """Lay ``sequences`` out for one forward; ``share_prompts`` gives the completions of one prompt a
+    single row (more than one if they would make it longer than ``max_shared_row`` tokens).
 
     Either layout is a single forward pass, so under FSDP (where each forward all-gathers the parameters
     and every rank must gather alike) ranks stay in step whichever layout their micro-batches get.
     """
-    rows: dict[tuple[int, ...], int] = {}
     if share_prompts:
-        prompt_index = [rows.setdefault(tuple(s.prompt_ids), len(rows)) for s in sequences]
-        prompts = [list(key) for key in rows]
+        prompt_index, prompts = _shared_rows(sequences, max_shared_row)
     else:
         prompt_index = list(range(len(sequences)))
         prompts = [s.prompt_ids for s in sequences]
@@ -141,6 +148,24 @@ def pack(
         shared=len(prompts) < len(sequences) and all(prompts),
         sampler_logprobs=sampler,
     )
+
+
+def _shared_rows(sequences: Sequence[TrainSequence], max_row: int) -> tuple[list[int], list[list[int]]]:
+    """The row of each sequence and each row's prompt: a prompt's completions fill its row in turn (each
+    adds all its tokens but the last) until the next would pass ``max_row``; then it opens another."""
+    open_rows: dict[tuple[int, ...], tuple[int, int]] = {}  # prompt -> (its newest row, that row's length)
+    prompts: list[list[int]] = []
+    index = []
+    for seq in sequences:
+        key = tuple(seq.prompt_ids)
+        added = max(len(seq.completion_ids) - 1, 0)
+        row, length = open_rows.get(key, (-1, 0))
+        if row < 0 or length + added > max_row:
+            row, length = len(prompts), len(key)
+            prompts.append(list(key))
+        open_rows[key] = (row, length + added)
+        index.append(row)
+    return index, prompts
 
 
 def token_logprobs(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
