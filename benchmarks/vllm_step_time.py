@@ -28,6 +28,7 @@ from masa.models import cpu_has_fast_bf16, cpu_name
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
+JSON_COMPACT = ["algo=masa", "rollout.engine=vllm", "meta.prompt=compact", "meta.reasoning=false"]
 ARMS = {
     "grpo hf": ["algo=grpo", "rollout.engine=hf"],
     "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
@@ -35,6 +36,12 @@ ARMS = {
     "masa vllm": ["algo=masa", "rollout.engine=vllm"],
     "masa json-only vllm": ["algo=masa", "rollout.engine=vllm", "meta.reasoning=false"],
     "masa vllm, no prefix cache": ["algo=masa", "rollout.engine=vllm", "rollout.prefix_caching=false"],
+    # The cheapest meta path (compact prompt, JSON alone), and what two engine-level choices give it.
+    "masa json-compact vllm": JSON_COMPACT,
+    "masa json-compact vllm, block 128": [*JSON_COMPACT, "rollout.block_size=128"],
+    "masa json-compact vllm, micro-batch 32": [*JSON_COMPACT, "algo.micro_batch_sequences=32"],
+    "grpo vllm, block 128": ["algo=grpo", "rollout.engine=vllm", "rollout.block_size=128"],
+    "grpo vllm, micro-batch 32": ["algo=grpo", "rollout.engine=vllm", "algo.micro_batch_sequences=32"],
 }
 
 
@@ -63,6 +70,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="G solutions and M metas per problem")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vllm_step_time.json")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
     args = parser.parse_args()
     shared = [
         f"train.steps={args.steps}",
@@ -71,6 +79,7 @@ def main() -> None:
         f"meta.n={args.n}",
         "train.eval_every=0",
         "train.save_every=0",
+        *args.set,
     ]
     rows = []
     for arm in args.arms:

@@ -39,6 +39,7 @@ def test_yaml_file_is_applied_between_preset_and_overrides(tmp_path):
             "train.sharded_checkpoint_above_gb=-1.0 is not valid: must be >= 0",
         ),
         ("train.tensorboard=maybe", "train.tensorboard must be true or false"),
+        ("rollout.block_size=24", "rollout.block_size=24 is not valid: must be null or a multiple of 16"),
         ("noequals", "must look like section.key=value"),
     ],
 )

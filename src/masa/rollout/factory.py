@@ -50,6 +50,7 @@ def build_engine(
         enforce_eager=settings.enforce_eager,
         tensor_parallel_size=settings.tensor_parallel_size,
         prefix_caching=settings.prefix_caching,
+        block_size=settings.block_size,
         seed=seed if settings.seed is None else settings.seed,
         cpu_threads=threads,
     )

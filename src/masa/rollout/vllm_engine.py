@@ -26,6 +26,9 @@ INSTALL_HINT = {
     ),
     "cuda": 'pip install "masa[vllm]" (in its own venv; see README)',
 }
+CPU_BLOCK_SIZE = 32
+"""vLLM-CPU's kernels want a multiple of 32; its default of 128 is longer than a 50-token solution prompt or
+a 100-token meta prompt, so the G samples of one prompt shared none of its prefill."""
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,6 +49,9 @@ class VLLMOptions:
     enforce_eager: bool | None = None
     tensor_parallel_size: int = 1
     prefix_caching: bool = True
+    block_size: int | None = None
+    """KV-cache block size; None: 32 on CPU (vLLM's own 128 there outgrows the prompts whose prefill the
+    samples of one prompt should share), vLLM's default elsewhere."""
     seed: int = 0
     cpu_threads: int = 0
     """CPU cores vLLM's OpenMP threads bind to; 0 = every core this process may use."""
@@ -123,6 +129,7 @@ class VLLMEngine:
                 if options.enforce_eager is None
                 else options.enforce_eager,
                 enable_prefix_caching=options.prefix_caching,
+                **({"block_size": block_size} if (block_size := _block_size(options)) else {}),
                 gpu_memory_utilization=options.gpu_memory_utilization,
                 tensor_parallel_size=options.tensor_parallel_size,
                 # The sampled token's log-probability after temperature and top-p, as HFEngine records it
@@ -233,6 +240,12 @@ class VLLMEngine:
             )
             watched = torch.log_softmax(processed * scale, dim=-1).tolist()
         return Rollout(list(prompt), tokens, logprobs, reason, watched)
+
+
+def _block_size(options: VLLMOptions) -> int | None:
+    if options.block_size is not None:
+        return options.block_size
+    return CPU_BLOCK_SIZE if options.device == "cpu" else None
 
 
 def _first_line(exc: BaseException) -> str:
