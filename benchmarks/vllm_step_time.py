@@ -91,6 +91,7 @@ def main() -> None:
                 logs.append(trainer.train_step())
                 trainer.step += 1
             trainer.writer.close()
+            trainer.engine.close()  # a vLLM engine left to the collector kept its memory: arms ran out of it
             del trainer
             gc.collect()
         timed = logs[args.skip :]
