@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 
-from masa.update import TrainSequence, UpdateSettings, pack, policy_update, token_logprobs
+from masa.update import (
+    TrainSequence,
+    UpdateSettings,
+    honours_shared_layout,
+    pack,
+    policy_update,
+    token_logprobs,
+)
 
 PROMPT_A = [1, 17, 23, 99, 5, 61, 7]
 PROMPT_B = [1, 44, 8, 300]
@@ -197,3 +204,20 @@ def test_a_prompt_opens_another_row_past_the_row_limit(tiny):
             torch.testing.assert_close(
                 token_logprobs(model, batch) * batch.completion_mask, expected, atol=1e-5, rtol=0
             )
+
+
+class _IgnoresCustomMasks(torch.nn.Module):
+    """A model whose attention drops a 4-D mask (as some remote-code models do): plain causal attention."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, attention_mask=None, **kwargs):
+        return self.inner(attention_mask=None if attention_mask.dim() == 4 else attention_mask, **kwargs)
+
+
+def test_a_model_that_ignores_the_shared_layouts_mask_is_refused(tiny):
+    model, _ = tiny
+    assert honours_shared_layout(model)
+    assert not honours_shared_layout(_IgnoresCustomMasks(model))
