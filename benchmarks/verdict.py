@@ -118,6 +118,9 @@ def train_run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     record["peak_rss_mib"] = usage.ru_maxrss / 1024
     if args.meta_eval_limit and (arm != "grpo" or args.meta_eval_grpo):
         record["heldout_meta"] = run_meta_eval(arm, out / name, args)
+    # A finished run never resumes, and its last checkpoint is final/ again plus the optimiser state (2 GB for
+    # the embedded model): a batch of runs that kept them filled the disk.
+    shutil.rmtree(out / name / "checkpoints", ignore_errors=True)
     return record
 
 
