@@ -66,8 +66,12 @@ class PackedBatch:
     completion_mask: torch.Tensor  # (B, C) float, 1 on real completion tokens
     advantages: torch.Tensor  # (B, C): each row's advantage, or its per-token advantages
     temperatures: torch.Tensor  # (B,)
-    shared: bool
+    shared_layout: SharedLayout | None = None  # the shared rows, or None for one row per completion
     sampler_logprobs: torch.Tensor | None = None  # (B, C); NaN on rows the engine did not sample (expert)
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_layout is not None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -136,6 +140,8 @@ def pack(
                     seq.sampler_logprobs, dtype=torch.float32
                 )
         sampler = sampler.to(device)
+    # A shared row needs a prompt position to predict each completion's first token.
+    shared = len(prompts) < len(sequences) and all(prompts)
     return PackedBatch(
         prompt_ids=prompt_ids.to(device),
         prompt_mask=prompt_mask.to(device),
@@ -144,8 +150,7 @@ def pack(
         completion_mask=completion_mask.to(device),
         advantages=advantages.to(device),
         temperatures=torch.tensor([s.temperature for s in sequences], dtype=torch.float32, device=device),
-        # A shared row needs a prompt position to predict each completion's first token.
-        shared=len(prompts) < len(sequences) and all(prompts),
+        shared_layout=SharedLayout(prompts, prompt_index, sequences, width, device) if shared else None,
         sampler_logprobs=sampler,
     )
 
@@ -203,71 +208,70 @@ def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.T
     last prompt position predicts each completion's token 0; a completion's tokens 0..C-2 predict the rest
     (its last token is never an input).
     """
-    layout = _SharedLayout(batch)
-    device = batch.completion_ids.device
+    layout = batch.shared_layout
+    assert layout is not None
     # The lm-head runs from the shortest prompt's last position on, not over every prompt token.
-    offset = min(layout.prompt_lengths) - 1
+    offset = int(layout.last_prompt_positions.min())
     logits = model(
-        input_ids=layout.input_ids.to(device),
-        attention_mask=layout.attention_mask().to(device),
-        position_ids=layout.position_ids.to(device),
+        input_ids=layout.input_ids,
+        attention_mask=layout.attention_mask,
+        position_ids=layout.position_ids,
         logits_to_keep=layout.input_ids.shape[1] - offset,
         use_cache=False,
     ).logits
-    rows = torch.arange(len(layout.prompt_lengths), device=device)
-    last_prompt = torch.tensor(layout.prompt_lengths, device=device) - 1 - offset
-    first = _repeat_rows(logits[rows, last_prompt], batch.prompt_index).unsqueeze(1)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    first = _repeat_rows(logits[rows, layout.last_prompt_positions - offset], batch.prompt_index).unsqueeze(1)
     if batch.completion_ids.shape[1] == 1:
         return first
-    rest = logits[batch.prompt_index[:, None], (layout.completion_positions - offset).clamp(min=0).to(device)]
+    rest = logits[batch.prompt_index[:, None], (layout.completion_positions - offset).clamp(min=0)]
     return torch.cat([first, rest], dim=1)
 
 
-class _SharedLayout:
+class SharedLayout:
     """The rows of ``_shared_prompt_logits``: prompt u, then each of its completions but the last token.
 
-    ``segments`` numbers what a token belongs to (0: the prompt, b + 1: completion b, -1: padding), from
-    which the attention mask follows; ``completion_positions[b, t]`` is the row position of completion b's
-    token t (t < C_b - 1), the position whose logits predict its token t + 1.
+    Built once per micro-batch by ``pack``, from the token lists it lays out. ``attention_mask`` (U, 1, T, T)
+    lets a token see the prompt and, causally, its own completion: it follows from each token's segment (0:
+    the prompt, b + 1: completion b, -1: padding). ``completion_positions[b, t]`` is the row position of
+    completion b's token t (t < C_b - 1), the position whose logits predict its token t + 1.
     """
 
-    def __init__(self, batch: PackedBatch):
-        prompt_mask = batch.prompt_mask.cpu()
-        prompts = [
-            row[mask.bool()].tolist() for row, mask in zip(batch.prompt_ids.cpu(), prompt_mask, strict=True)
-        ]
-        lengths = batch.completion_mask.sum(-1).long().tolist()
-        completions = batch.completion_ids.cpu()
-        self.prompt_lengths = [len(p) for p in prompts]
+    def __init__(
+        self,
+        prompts: list[list[int]],
+        prompt_index: list[int],
+        sequences: Sequence[TrainSequence],
+        width: int,
+        device: torch.device | str,
+    ):
         tokens = [list(p) for p in prompts]
         positions = [list(range(len(p))) for p in prompts]
         segments = [[0] * len(p) for p in prompts]
-        self.completion_positions = torch.zeros(
-            batch.completion_ids.shape[0], max(batch.completion_ids.shape[1] - 1, 0), dtype=torch.long
-        )
-        for b, u in enumerate(batch.prompt_index.tolist()):
-            inputs = completions[b, : max(lengths[b] - 1, 0)].tolist()
+        completion_positions = torch.zeros(len(sequences), max(width - 1, 0), dtype=torch.long)
+        for b, (u, seq) in enumerate(zip(prompt_index, sequences, strict=True)):
+            inputs = seq.completion_ids[:-1]
             start = len(tokens[u])
-            self.completion_positions[b, : len(inputs)] = torch.arange(start, start + len(inputs))
+            completion_positions[b, : len(inputs)] = torch.arange(start, start + len(inputs))
             tokens[u] += inputs
             positions[u] += range(len(prompts[u]), len(prompts[u]) + len(inputs))
             segments[u] += [b + 1] * len(inputs)
-        width = max(len(t) for t in tokens)
-        self.input_ids = torch.zeros(len(tokens), width, dtype=torch.long)
-        self.position_ids = torch.zeros(len(tokens), width, dtype=torch.long)
-        self.segments = torch.full((len(tokens), width), -1, dtype=torch.long)
+        row_width = max(len(t) for t in tokens)
+        input_ids = torch.zeros(len(tokens), row_width, dtype=torch.long)
+        position_ids = torch.zeros(len(tokens), row_width, dtype=torch.long)
+        segment = torch.full((len(tokens), row_width), -1, dtype=torch.long)
         for u, (ids, pos, seg) in enumerate(zip(tokens, positions, segments, strict=True)):
-            self.input_ids[u, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            self.position_ids[u, : len(pos)] = torch.tensor(pos, dtype=torch.long)
-            self.segments[u, : len(seg)] = torch.tensor(seg, dtype=torch.long)
-
-    def attention_mask(self) -> torch.Tensor:
-        """(U, 1, T, T) bool, True where a query may attend to a key."""
-        width = self.segments.shape[1]
-        query, key = self.segments[:, :, None], self.segments[:, None, :]
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
+            input_ids[u, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            position_ids[u, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+            segment[u, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+        query, key = segment[:, :, None], segment[:, None, :]
+        causal = torch.ones(row_width, row_width, dtype=torch.bool).tril()
         # Padding queries see the prompt, so no softmax row is empty (NaN); nothing reads their outputs.
-        return (causal & (key >= 0) & ((key == 0) | (key == query))).unsqueeze(1)
+        mask = causal & (key >= 0) & ((key == 0) | (key == query))
+        self.input_ids = input_ids.to(device)
+        self.position_ids = position_ids.to(device)
+        self.attention_mask = mask.unsqueeze(1).to(device)
+        self.completion_positions = completion_positions.to(device)
+        self.last_prompt_positions = torch.tensor([len(p) - 1 for p in prompts], device=device)
 
 
 def _repeat_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
