@@ -19,6 +19,7 @@ in training.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def main() -> None:
 def vllm_runners(args, tokenizer, solution_ids, meta_ids, solution_params, meta_params) -> dict:
     settings = RolloutConfig(engine="vllm", cpu_kv_cache_gb=1)
     engine = build_engine(settings, None, tokenizer, model_source=args.model, threads=args.threads)
-    rounds = iter(range(10**6))
+    rounds, merged_rounds = itertools.count(), itertools.count()
 
     def separate() -> int:
         seed = next(rounds)
@@ -96,8 +97,6 @@ def vllm_runners(args, tokenizer, solution_ids, meta_ids, solution_params, meta_
         solutions = engine.generate(solution_ids, args.n, solution_params, seed=2 * seed)
         metas = engine.generate(meta_ids, args.n, meta_params, seed=2 * seed + 1)
         return sum(r.num_tokens for g in solutions + metas for r in g)
-
-    merged_rounds = iter(range(10**6))
 
     def merged() -> int:
         seed = next(merged_rounds)
