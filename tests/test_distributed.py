@@ -77,6 +77,8 @@ def _full_params(learner) -> dict[str, torch.Tensor]:
 
 UPDATE_CASES = {
     "micro-batches": ["algo.micro_batch_sequences=2"],
+    # Rank 0's solutions (5 and 36 tokens) take two micro-batches under the cap, rank 1's one (19).
+    "token cap": ["algo.micro_batch_sequences=8", "algo.micro_batch_tokens=24"],
     "mini-batches, epochs, importance sampling": [
         "algo.mini_batches=2",
         "algo.ppo_epochs=2",

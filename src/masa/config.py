@@ -132,7 +132,11 @@ class AlgoConfig:
     mini_batches: int = 1
     """Optimizer steps per pass; each takes an equal share of the batch's sequences."""
     micro_batch_sequences: int = 16
-    """Sequences per forward/backward; gradients are accumulated, so memory stays bounded."""
+    """Most sequences per forward/backward; gradients are accumulated, so memory stays bounded."""
+    micro_batch_tokens: int | None = None
+    """Also cap each micro-batch at this many tokens through the forward (prompts counted once per row when
+    shared, pad included); a sequence longer than the cap goes alone. Memory follows tokens, not
+    sequences: short meta answers then share a forward while long solutions do not. null: no cap."""
     adv_eps: float = 1e-6
     scale_advantages: bool = True
     """Divide by the group std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
@@ -512,6 +516,12 @@ def _check_values(cfg: Config) -> None:
     _require(a.ppo_epochs >= 1, "algo.ppo_epochs", ">= 1", a.ppo_epochs)
     _require(a.mini_batches >= 1, "algo.mini_batches", ">= 1", a.mini_batches)
     _require(a.micro_batch_sequences >= 1, "algo.micro_batch_sequences", ">= 1", a.micro_batch_sequences)
+    _require(
+        a.micro_batch_tokens is None or a.micro_batch_tokens >= 1,
+        "algo.micro_batch_tokens",
+        ">= 1 or null",
+        a.micro_batch_tokens,
+    )
     _require(a.adv_eps > 0, "algo.adv_eps", "> 0", a.adv_eps)
     _require(t.steps >= 1, "train.steps", ">= 1", t.steps)
     _require(t.batch_problems >= 1, "train.batch_problems", ">= 1", t.batch_problems)

@@ -74,6 +74,7 @@ class Learner:
             ppo_epochs=a.ppo_epochs,
             mini_batches=a.mini_batches,
             micro_batch_sequences=a.micro_batch_sequences,
+            micro_batch_tokens=a.micro_batch_tokens,
             grad_clip=a.grad_clip,
             prefix_sharing=a.prefix_sharing,
             off_policy=config.rollout.engine != "hf" or bool(config.rollout.importance_sampling),

@@ -55,7 +55,7 @@ class PackedBatch:
 
     Completion row b continues prompt row ``prompt_index[b]``. Unshared, every completion has a prompt row
     of its own; shared, the completions of one prompt point at a single row, which is forwarded once,
-    followed by all of them (``_shared_prompt_logits``). Every per-token tensor is (B, C), aligned with
+    followed by all of them (``_shared_prompt_logprobs``). Every per-token tensor is (B, C), aligned with
     ``completion_ids``, whatever the prompt layout.
     """
 
@@ -104,11 +104,7 @@ def pack(
     Either layout is a single forward pass, so under FSDP (where each forward all-gathers the parameters
     and every rank must gather alike) ranks stay in step whichever layout their micro-batches get.
     """
-    if share_prompts:
-        prompt_index, prompts = _shared_rows(sequences, max_shared_row)
-    else:
-        prompt_index = list(range(len(sequences)))
-        prompts = [s.prompt_ids for s in sequences]
+    prompt_index, prompts = _prompt_rows(sequences, share_prompts, max_shared_row)
     prompt_ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt_ids)
     for row, prompt in enumerate(prompts):
@@ -140,8 +136,7 @@ def pack(
                     seq.sampler_logprobs, dtype=torch.float32
                 )
         sampler = sampler.to(device)
-    # A shared row needs a prompt position to predict each completion's first token.
-    shared = len(prompts) < len(sequences) and all(prompts)
+    shared = _is_shared(prompts, sequences)
     return PackedBatch(
         prompt_ids=prompt_ids.to(device),
         prompt_mask=prompt_mask.to(device),
@@ -153,6 +148,34 @@ def pack(
         shared_layout=SharedLayout(prompts, prompt_index, sequences, width, device) if shared else None,
         sampler_logprobs=sampler,
     )
+
+
+def forward_tokens(
+    sequences: Sequence[TrainSequence], *, share_prompts: bool, max_shared_row: int = MAX_SHARED_ROW_TOKENS
+) -> int:
+    """Token positions the forward of ``pack(sequences, ...)`` runs, padding included."""
+    prompt_index, prompts = _prompt_rows(sequences, share_prompts, max_shared_row)
+    if not _is_shared(prompts, sequences):
+        return len(sequences) * (
+            max(len(s.prompt_ids) for s in sequences) + max(len(s.completion_ids) for s in sequences)
+        )
+    rows = [len(p) for p in prompts]
+    for row, seq in zip(prompt_index, sequences, strict=True):
+        rows[row] += max(len(seq.completion_ids) - 1, 0)
+    return len(rows) * max(rows)
+
+
+def _prompt_rows(
+    sequences: Sequence[TrainSequence], share_prompts: bool, max_shared_row: int
+) -> tuple[list[int], list[list[int]]]:
+    if share_prompts:
+        return _shared_rows(sequences, max_shared_row)
+    return list(range(len(sequences))), [s.prompt_ids for s in sequences]
+
+
+def _is_shared(prompts: list[list[int]], sequences: Sequence[TrainSequence]) -> bool:
+    # A shared row needs a prompt position to predict each completion's first token.
+    return len(prompts) < len(sequences) and all(prompts)
 
 
 def _shared_rows(sequences: Sequence[TrainSequence], max_row: int) -> tuple[list[int], list[list[int]]]:
@@ -175,10 +198,75 @@ def _shared_rows(sequences: Sequence[TrainSequence], max_row: int) -> tuple[list
 
 def token_logprobs(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
     """(B, C): log pi(token) at every completion position, under the temperature each was sampled at."""
-    logits = _shared_prompt_logits(model, batch) if batch.shared else _joint_logits(model, batch)
-    logits = logits.float() / batch.temperatures[:, None, None]
-    chosen = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)
+    if batch.shared:
+        return _shared_prompt_logprobs(model, batch)
+    attention_mask = batch.attention_mask
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=attention_mask,
+        position_ids=_positions(attention_mask),
+        logits_to_keep=batch.completion_ids.shape[1] + 1,  # the lm-head runs only where completions are
+        use_cache=False,
+    ).logits[:, :-1]
+    temperatures = batch.temperatures[:, None].expand_as(batch.completion_ids)
+    return selected_logprobs(logits, batch.completion_ids, temperatures)
+
+
+LOGPROB_CHUNK_ELEMENTS = 1 << 24
+"""Logits converted to float32 at a time by ``selected_logprobs`` (64 MB)."""
+
+
+def selected_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperatures: torch.Tensor
+) -> torch.Tensor:
+    """``log_softmax(logits / temperatures)`` at ``targets``, shape ``targets.shape``, in float32 at least.
+
+    The obvious form keeps float32 copies of the whole (tokens, vocabulary) logits for the backward: 12 bytes
+    per vocabulary entry per token at peak, as much as all of a small model's activations. This keeps only
+    the logits as the model returned them (2 bytes in bf16) and each token's log-normaliser, and recomputes
+    the softmax a chunk at a time in the backward; the values are the same.
+    """
+    vocab = logits.shape[-1]
+    return _SelectedLogprobs.apply(
+        logits.reshape(-1, vocab), targets.reshape(-1), temperatures.reshape(-1).to(_working_dtype(logits))
+    ).view(targets.shape)
+
+
+def _working_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+class _SelectedLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+        chosen = torch.empty(logits.shape[0], dtype=_working_dtype(logits), device=logits.device)
+        normalisers = torch.empty_like(chosen)
+        for rows in _row_chunks(logits):
+            scaled = logits[rows].to(chosen.dtype) / temperatures[rows, None]
+            normalisers[rows] = torch.logsumexp(scaled, dim=-1)
+            chosen[rows] = scaled.gather(-1, targets[rows, None]).squeeze(-1)
+        ctx.save_for_backward(logits, targets, temperatures, normalisers)
+        return chosen - normalisers
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets, temperatures, normalisers = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        # d/dz_i of (z_target - logsumexp z) / T is (1[i = target] - softmax_i) / T.
+        for rows in _row_chunks(logits):
+            scale = (grad[rows] / temperatures[rows])[:, None]
+            chunk = torch.exp(
+                logits[rows].to(grad.dtype) / temperatures[rows, None] - normalisers[rows, None]
+            )
+            chunk = -chunk * scale
+            chunk.scatter_add_(-1, targets[rows, None], scale)
+            grad_logits[rows] = chunk
+        return grad_logits, None, None
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    step = max(1, LOGPROB_CHUNK_ELEMENTS // logits.shape[-1])
+    return [slice(start, start + step) for start in range(0, logits.shape[0], step)]
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -186,27 +274,15 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _joint_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
-    """Each prompt and its completion in one row; logits predicting completion tokens 0..C-1."""
-    attention_mask = batch.attention_mask
-    return model(
-        input_ids=batch.input_ids,
-        attention_mask=attention_mask,
-        position_ids=_positions(attention_mask),
-        logits_to_keep=batch.completion_ids.shape[1] + 1,  # the lm-head runs only where completions are
-        use_cache=False,
-    ).logits[:, :-1]
-
-
-def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+def _shared_prompt_logprobs(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
     """Each distinct prompt once, followed in the same row by every completion that continues it.
 
     A completion's tokens attend to its prompt and, causally, to themselves only (a 4D mask), and sit at the
     positions they would have right after the prompt, so each sees exactly what an unshared forward shows
-    it: the same logits, from one row of P + sum(C_b - 1) tokens per prompt instead of B rows padded to
+    it: the same log-probs, from one row of P + sum(C_b - 1) tokens per prompt instead of B rows padded to
     P + C. Gradients of every completion reach the prompt's activations through its keys and values. The
     last prompt position predicts each completion's token 0; a completion's tokens 0..C-2 predict the rest
-    (its last token is never an input).
+    (its last token is never an input), each read at its row position.
     """
     layout = batch.shared_layout
     assert layout is not None
@@ -220,20 +296,24 @@ def _shared_prompt_logits(model: PreTrainedModel, batch: PackedBatch) -> torch.T
         use_cache=False,
     ).logits
     rows = torch.arange(logits.shape[0], device=logits.device)
-    first = _repeat_rows(logits[rows, layout.last_prompt_positions - offset], batch.prompt_index).unsqueeze(1)
+    last_prompt_logits = _repeat_rows(logits[rows, layout.last_prompt_positions - offset], batch.prompt_index)
+    first = selected_logprobs(last_prompt_logits, batch.completion_ids[:, 0], batch.temperatures)[:, None]
     if batch.completion_ids.shape[1] == 1:
         return first
-    rest = logits[batch.prompt_index[:, None], (layout.completion_positions - offset).clamp(min=0)]
+    in_rows = selected_logprobs(logits, layout.next_tokens[:, offset:], layout.temperatures[:, offset:])
+    rest = in_rows[batch.prompt_index[:, None], (layout.completion_positions - offset).clamp(min=0)]
     return torch.cat([first, rest], dim=1)
 
 
 class SharedLayout:
-    """The rows of ``_shared_prompt_logits``: prompt u, then each of its completions but the last token.
+    """The rows of ``_shared_prompt_logprobs``: prompt u, then each of its completions but the last token.
 
     Built once per micro-batch by ``pack``, from the token lists it lays out. ``attention_mask`` (U, 1, T, T)
     lets a token see the prompt and, causally, its own completion: it follows from each token's segment (0:
     the prompt, b + 1: completion b, -1: padding). ``completion_positions[b, t]`` is the row position of
-    completion b's token t (t < C_b - 1), the position whose logits predict its token t + 1.
+    completion b's token t (t < C_b - 1), the position whose logits predict its token t + 1; that token and
+    its completion's sampling temperature are ``next_tokens`` and ``temperatures`` at the position (0 and 1
+    where no completion token is predicted: prompt and padding).
     """
 
     def __init__(
@@ -247,6 +327,8 @@ class SharedLayout:
         tokens = [list(p) for p in prompts]
         positions = [list(range(len(p))) for p in prompts]
         segments = [[0] * len(p) for p in prompts]
+        next_tokens = [[0] * len(p) for p in prompts]
+        temperatures = [[1.0] * len(p) for p in prompts]
         completion_positions = torch.zeros(len(sequences), max(width - 1, 0), dtype=torch.long)
         for b, (u, seq) in enumerate(zip(prompt_index, sequences, strict=True)):
             inputs = seq.completion_ids[:-1]
@@ -255,14 +337,21 @@ class SharedLayout:
             tokens[u] += inputs
             positions[u] += range(len(prompts[u]), len(prompts[u]) + len(inputs))
             segments[u] += [b + 1] * len(inputs)
+            next_tokens[u] += seq.completion_ids[1:]
+            temperatures[u] += [seq.temperature] * len(inputs)
         row_width = max(len(t) for t in tokens)
         input_ids = torch.zeros(len(tokens), row_width, dtype=torch.long)
         position_ids = torch.zeros(len(tokens), row_width, dtype=torch.long)
         segment = torch.full((len(tokens), row_width), -1, dtype=torch.long)
-        for u, (ids, pos, seg) in enumerate(zip(tokens, positions, segments, strict=True)):
-            input_ids[u, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            position_ids[u, : len(pos)] = torch.tensor(pos, dtype=torch.long)
-            segment[u, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+        targets = torch.zeros(len(tokens), row_width, dtype=torch.long)
+        row_temperatures = torch.ones(len(tokens), row_width, dtype=torch.float32)
+        for u in range(len(tokens)):
+            width_u = len(tokens[u])
+            input_ids[u, :width_u] = torch.tensor(tokens[u], dtype=torch.long)
+            position_ids[u, :width_u] = torch.tensor(positions[u], dtype=torch.long)
+            segment[u, :width_u] = torch.tensor(segments[u], dtype=torch.long)
+            targets[u, :width_u] = torch.tensor(next_tokens[u], dtype=torch.long)
+            row_temperatures[u, :width_u] = torch.tensor(temperatures[u], dtype=torch.float32)
         query, key = segment[:, :, None], segment[:, None, :]
         causal = torch.ones(row_width, row_width, dtype=torch.bool).tril()
         # Padding queries see the prompt, so no softmax row is empty (NaN); nothing reads their outputs.
@@ -271,6 +360,8 @@ class SharedLayout:
         self.position_ids = position_ids.to(device)
         self.attention_mask = mask.unsqueeze(1).to(device)
         self.completion_positions = completion_positions.to(device)
+        self.next_tokens = targets.to(device)
+        self.temperatures = row_temperatures.to(device)
         self.last_prompt_positions = torch.tensor([len(p) - 1 for p in prompts], device=device)
 
 
@@ -387,6 +478,8 @@ class UpdateSettings:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_sequences: int = 16
+    micro_batch_tokens: int | None = None
+    """Also cap a micro-batch at this many forward tokens (``forward_tokens``); a longer sequence goes alone."""
     grad_clip: float = 1.0
     off_policy: bool = False
     """The rollouts were not sampled by the policy module itself (vLLM): report the gap between the policy's
@@ -601,7 +694,7 @@ def policy_update(
         micro: list[tuple[int, ...]] = []
         for kind in KINDS:
             rows = [i for i in active if sequences[i].kind == kind]
-            kind_micro, kind_standins = _rank_micro_batches(rows, settings.micro_batch_sequences, ranks)
+            kind_micro, kind_standins = _rank_micro_batches(rows, sequences, settings, ranks)
             micro += kind_micro
             standins.update(kind_standins)
         plans.append((scales, micro))
@@ -742,22 +835,49 @@ def policy_update(
 
 
 def _rank_micro_batches(
-    rows: list[int], step: int, ranks: Ranks
+    rows: list[int], sequences: Sequence[TrainSequence], settings: UpdateSettings, ranks: Ranks
 ) -> tuple[list[tuple[int, ...]], set[tuple[int, ...]]]:
     """This rank's micro-batches of one kind's rows (sorted by length), as many on every rank.
 
     The rows are dealt out to the ranks in turn, so shares differ by at most one row and near-equal in
-    tokens. A rank with a micro-batch fewer repeats the first row at zero weight (a stand-in, also
-    returned), because under FSDP every rank must run the same forward and backward passes: each one
-    all-gathers parameters. Rank 0 never needs one, so a stand-in never repeats a key of its own rank.
+    tokens. Every rank holds the whole batch, so each works out every rank's micro-batches alike; one with
+    fewer than the most repeats another rank's row at zero weight (a stand-in, also returned), because
+    under FSDP every rank must run the same forward and backward passes: each one all-gathers parameters.
     """
     if not rows:
         return [], set()
-    mine = rows[ranks.rank :: ranks.world]
-    micro = [tuple(mine[j : j + step]) for j in range(0, len(mine), step)]
-    wanted = math.ceil(math.ceil(len(rows) / ranks.world) / step)
-    standins = [(rows[0],)] * (wanted - len(micro))
-    return micro + standins, set(standins)
+    shares = [_micro_batches(rows[r :: ranks.world], sequences, settings) for r in range(ranks.world)]
+    micro = shares[ranks.rank]
+    missing = max(len(share) for share in shares) - len(micro)
+    if not missing:
+        return micro, set()
+    # Rank 0 holds rows[0] and rank 1 rows[1]; a rank short of micro-batches is not the only one with rows.
+    standin = (rows[1 if ranks.rank == 0 else 0],)
+    return micro + [standin] * missing, {standin}
+
+
+def _micro_batches(
+    rows: list[int], sequences: Sequence[TrainSequence], settings: UpdateSettings
+) -> list[tuple[int, ...]]:
+    """Consecutive runs of ``rows`` within the sequence and token caps (a row over the token cap alone)."""
+    batches: list[tuple[int, ...]] = []
+    current: list[int] = []
+    for row in rows:
+        candidate = [*current, row]
+        if current and (
+            len(candidate) > settings.micro_batch_sequences
+            or (
+                settings.micro_batch_tokens is not None
+                and forward_tokens([sequences[i] for i in candidate], share_prompts=settings.prefix_sharing)
+                > settings.micro_batch_tokens
+            )
+        ):
+            batches.append(tuple(current))
+            candidate = [row]
+        current = candidate
+    if current:
+        batches.append(tuple(current))
+    return batches
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
