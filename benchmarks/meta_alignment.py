@@ -34,7 +34,8 @@ def evaluate(label: str, model: str, out: Path, args: argparse.Namespace) -> dic
         "--benchmark", "arithmetic", "--out", str(out), "--meta",
         "--n", str(args.n), "--k", "1", str(args.n), "--meta-n", str(args.n),
         "--temperature", str(args.temperature), "--max-tokens", str(args.max_tokens),
-        "--limit", str(args.limit), "--seed", str(args.seed),
+        "--limit", str(args.limit), "--seed", str(args.seed), "--meta-prompt", args.meta_prompt,
+        "--meta-reasoning" if args.meta_reasoning else "--no-meta-reasoning",
     ] + (["--resume"] if args.resume else [])  # fmt: skip
     subprocess.run(command, check=True)
     return summarise(label, model, out, args)
@@ -74,6 +75,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="the default preset's")
     parser.add_argument("--max-tokens", type=int, default=64, help="the default preset's solution limit")
     parser.add_argument("--seed", type=int, default=0)
+    # The models of the results here were trained on the paper's meta prompt with reasoning (masa's default
+    # then); a model trained on masa's default now wants --meta-prompt compact --no-meta-reasoning.
+    parser.add_argument("--meta-prompt", choices=("paper", "compact"), default="paper")
+    parser.add_argument("--meta-reasoning", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--resume",
         action="store_true",

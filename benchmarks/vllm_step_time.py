@@ -16,6 +16,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import shlex
 import statistics
 import sys
@@ -29,19 +30,39 @@ from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
 JSON_COMPACT = ["algo=masa", "rollout.engine=vllm", "meta.prompt=compact", "meta.reasoning=false"]
+# The "masa" arms were measured on the paper's meta prompt with reasoning, masa's default then (the compact
+# JSON-only path, JSON_COMPACT, is the default now); they pin it so that a rerun repeats them.
+PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true"]
+
+
+def token_cap(tokens: int) -> list[str]:
+    return ["algo.micro_batch_sequences=1024", f"algo.micro_batch_tokens={tokens}"]
+
+
 ARMS = {
     "grpo hf": ["algo=grpo", "rollout.engine=hf"],
     "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
-    "masa hf": ["algo=masa", "rollout.engine=hf"],
-    "masa vllm": ["algo=masa", "rollout.engine=vllm"],
-    "masa json-only vllm": ["algo=masa", "rollout.engine=vllm", "meta.reasoning=false"],
-    "masa vllm, no prefix cache": ["algo=masa", "rollout.engine=vllm", "rollout.prefix_caching=false"],
-    # The cheapest meta path (compact prompt, JSON alone), and what two engine-level choices give it.
+    "masa hf": ["algo=masa", "rollout.engine=hf", *PAPER_REASONED],
+    "masa vllm": ["algo=masa", "rollout.engine=vllm", *PAPER_REASONED],
+    "masa json-only vllm": ["algo=masa", "rollout.engine=vllm", "meta.prompt=paper", "meta.reasoning=false"],
+    "masa vllm, no prefix cache": [
+        "algo=masa",
+        "rollout.engine=vllm",
+        "rollout.prefix_caching=false",
+        *PAPER_REASONED,
+    ],
+    # The cheapest meta path (compact prompt, JSON alone; masa's default), and what two engine-level choices
+    # give it.
     "masa json-compact vllm": JSON_COMPACT,
     "masa json-compact vllm, block 128": [*JSON_COMPACT, "rollout.block_size=128"],
     "masa json-compact vllm, micro-batch 32": [*JSON_COMPACT, "algo.micro_batch_sequences=32"],
     "grpo vllm, block 128": ["algo=grpo", "rollout.engine=vllm", "rollout.block_size=128"],
     "grpo vllm, micro-batch 32": ["algo=grpo", "rollout.engine=vllm", "algo.micro_batch_sequences=32"],
+    # Micro-batches capped by forward tokens instead of sequences: a cap, not a count, bounds memory.
+    "masa json-compact vllm, 2048-token micro-batches": [*JSON_COMPACT, *token_cap(2048)],
+    "masa json-compact vllm, 4096-token micro-batches": [*JSON_COMPACT, *token_cap(4096)],
+    "grpo vllm, 2048-token micro-batches": ["algo=grpo", "rollout.engine=vllm", *token_cap(2048)],
+    "grpo vllm, 4096-token micro-batches": ["algo=grpo", "rollout.engine=vllm", *token_cap(4096)],
 }
 
 
@@ -112,6 +133,8 @@ def main() -> None:
                 "logprob_gap_max": max(
                     (log.get("rollout/logprob_gap_max", 0.0) for log in logs), default=0.0
                 ),
+                # The process's peak so far: one arm per process (--arms X) reads each arm's own.
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
         print(rows[-1], flush=True)
@@ -122,14 +145,15 @@ def main() -> None:
     parts = " | ".join(f"{part} s" for part in UPDATE_PARTS)
     print(
         "| arm | s/step | generate s | update s (incl. sync) | "
-        f"{parts} | sync s | tokens/step | gen tok/s | max logprob gap |"
+        f"{parts} | sync s | tokens/step | gen tok/s | max logprob gap | peak RSS MiB |"
     )
-    print("|---|---|---|---|" + "---|" * len(UPDATE_PARTS) + "---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(UPDATE_PARTS) + "---|---|---|---|---|")
     for r in rows:
         split = " | ".join(f"{r[f'update_{part}_s']:.1f}" for part in UPDATE_PARTS)
         print(
             f"| {r['arm']} | {r['step_s']:.1f} | {r['generate_s']:.1f} | {r['update_s']:.1f} | {split} | "
-            f"{r['sync_s']:.2f} | {r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {r['logprob_gap_max']:.1e} |"
+            f"{r['sync_s']:.2f} | {r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {r['logprob_gap_max']:.1e} | "
+            f"{r['peak_rss_mib']:.0f} |"
         )
     by_arm = {r["arm"]: r for r in rows}
     speedups = {}

@@ -89,3 +89,18 @@ def test_paper_preset_restores_the_papers_formulation_and_explicit_keys_win():
     assert paper.efficient.switch == "steps"
     mixed = load_config("tiny", overrides=["meta.preset=paper", "meta.pass_rate_reward=log"])
     assert mixed.meta.pass_rate_reward == "log" and mixed.meta.loss_aggregation == "joint"
+
+
+def test_default_meta_path_is_compact_json_only_and_the_paper_preset_restores_reasoning():
+    from masa.config import config_from_dict, load_config
+
+    for preset in ("tiny", "smollm2-arith"):
+        default = load_config(preset).meta
+        assert (default.prompt, default.reasoning) == ("compact", False)
+    paper = load_config("tiny", overrides=["meta.preset=paper"]).meta
+    assert (paper.prompt, paper.reasoning) == ("paper", True)
+    # Keys set explicitly win over the preset, in overrides and in a plain dict alike.
+    unreasoned = load_config("tiny", overrides=["meta.preset=paper", "meta.reasoning=false"]).meta
+    assert (unreasoned.prompt, unreasoned.reasoning) == ("paper", False)
+    compact = config_from_dict({"meta": {"preset": "paper", "prompt": "compact"}}).meta
+    assert (compact.prompt, compact.reasoning, compact.loss_aggregation) == ("compact", True, "joint")

@@ -27,7 +27,8 @@ SOLUTIONS = {
     "2 + 3": ["So \\boxed{5}", "It is \\boxed{5}", "\\boxed{4}", "\\boxed{6}"],
     "7 * 6": ["\\boxed{41}"] * 4,
 }
-META = '<meta>small sums</meta>{"math_notion": ["carry"], "pass_rate": 4, "solution_length": 5}'
+# The JSON alone, as the default meta prompt (compact, no reasoning) asks.
+META = '{"math_notion": ["carry"], "pass_rate": 4, "solution_length": 5}'
 
 
 class ScriptedEngine:
@@ -37,13 +38,15 @@ class ScriptedEngine:
         self.tokenizer = tokenizer
         self.belief = belief  # the distribution over watched tokens at every meta position, if any
         self.calls: list[int] = []
+        self.meta_prompts: list[str] = []
 
     def generate(self, prompts, n, params, max_tokens=None):
         self.calls.append(len(prompts))
         groups = []
         for ids in prompts:
             text = self.tokenizer.decode(ids)
-            if "Do not solve" in text:
+            if '"pass_rate"' in text:  # a meta prompt, in either wording
+                self.meta_prompts.append(text)
                 completions = [META] * n
             else:
                 completions = next(v for k, v in SOLUTIONS.items() if k in text)[:n]
@@ -116,6 +119,21 @@ def test_meta_metrics_and_plots(tiny, tmp_path):
     assert len(summary_tables([result])) == 2
     # One solution call and one meta call for the single batch.
     assert engine.calls == [2, 2]
+    # The default meta prompt: the compact one, asking for the JSON alone.
+    assert all("Reply with this JSON only" in t and "<meta>" not in t for t in engine.meta_prompts)
+
+
+def test_paper_meta_prompt_with_reasoning_reads_the_json_after_the_block(tiny, tmp_path, monkeypatch):
+    # A model trained on the paper's prompt is asked with it, and answers with reasoning first.
+    monkeypatch.setattr(sys.modules[__name__], "META", "<meta>small sums</meta>" + META)
+    settings = EvalSettings(n=4, meta=True, meta_n=3, max_tokens=16, meta_prompt="paper", meta_reasoning=True)
+    result, engine = _run(tiny, tmp_path, settings)
+    assert engine.meta_prompts and all(
+        "Do not solve" in t and "Think briefly inside <meta>" in t for t in engine.meta_prompts
+    )
+    assert result.meta["parse_rate"] == 1.0
+    assert [m["pass_rate"] for m in result.problems[0]["meta"]] == [4, 4, 4]
+    assert result.meta["pass_rate"]["mae"] == pytest.approx(0.25)
 
 
 def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
@@ -135,9 +153,7 @@ def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
 
 def test_a_copy_of_the_prompt_example_counts_as_unparsed(tiny, tmp_path, monkeypatch):
     # As in training: the format example's own notions say nothing about the problem.
-    copy = (
-        '<meta>x</meta>{"math_notion": ["concept one", "concept two"], "pass_rate": 4, "solution_length": 5}'
-    )
+    copy = '{"math_notion": ["concept one", "concept two"], "pass_rate": 4, "solution_length": 5}'
     monkeypatch.setattr(sys.modules[__name__], "META", copy)
     result, _ = _run(tiny, tmp_path, EvalSettings(n=4, meta=True, meta_n=2, max_tokens=16))
     assert result.meta["parse_rate"] == 0.0 and result.meta["example_copy_rate"] == 1.0

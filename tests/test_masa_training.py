@@ -176,6 +176,8 @@ def test_expert_sft_is_a_weighted_term_of_the_same_update(tmp_path, monkeypatch)
         tmp_path,
         "masa",
         "meta.expert_sft=true",
+        "meta.prompt=paper",  # with reasoning, which the targets keep (the JSON-only path: the next test)
+        "meta.reasoning=true",
         "meta.expert_batch=16",  # every buffered target in every step's term, so all of them are learned
         "meta.expert_weight=50",
         "meta.loss_weight=0",

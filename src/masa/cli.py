@@ -10,7 +10,15 @@ from typing import NoReturn
 from rich.console import Console
 from rich.text import Text
 
-from masa.config import PRESETS, ConfigError, apply_overrides, config_from_dict, describe_options, load_config
+from masa.config import (
+    PRESETS,
+    ConfigError,
+    MetaConfig,
+    apply_overrides,
+    config_from_dict,
+    describe_options,
+    load_config,
+)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -114,14 +122,15 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--meta-prompt",
         choices=("paper", "compact"),
-        default="paper",
-        help="meta prompt wording, as the model was trained with (meta.prompt; default paper)",
+        default=MetaConfig.prompt,
+        help=f"meta prompt wording, as the model was trained with (meta.prompt; default {MetaConfig.prompt})",
     )
     p.add_argument(
         "--meta-reasoning",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ask for <meta> reasoning before the JSON (meta.reasoning; default on)",
+        default=MetaConfig.reasoning,
+        help="ask for <meta> reasoning before the JSON, as the model was trained with (meta.reasoning; "
+        f"default {'on' if MetaConfig.reasoning else 'off'})",
     )
     p.add_argument(
         "--meta-no-notions",

@@ -152,9 +152,9 @@ class MetaConfig:
     """MASA's meta-prediction path (used by algo.name=masa and masa-efficient)."""
 
     preset: Literal["default", "paper"] = "default"
-    """paper: the paper's formulation (PAPER_FORMULATION: one token-mean over both kinds, the exp pass-rate
-    reward with std-scaled advantages, cut rollouts scored 0, a step-count stage switch); keys set
-    explicitly still win."""
+    """paper: the paper's formulation (PAPER_FORMULATION: the paper's meta prompt with reasoning, one
+    token-mean over both kinds, the exp pass-rate reward with std-scaled advantages, cut rollouts scored 0,
+    a step-count stage switch); keys set explicitly still win."""
     n: int = 8
     """Meta rollouts per problem (M)."""
     max_new_tokens: int = 96
@@ -166,12 +166,17 @@ class MetaConfig:
     measures the saving). A batching engine's numerics depend slightly on what else is in its batch, so the
     solutions are then not sample-identical to a GRPO run's at the same weights; false keeps them so (the
     meta.loss_weight=0 ablation). The HF engine generates the two one after the other either way."""
-    prompt: Literal["paper", "compact"] = "paper"
+    prompt: Literal["paper", "compact"] = "compact"
     """The meta prompt's wording: the paper's (about 210 tokens with the chat scaffold on the embedded model)
-    or a compact one-line schema with the same fields (about 110)."""
-    reasoning: bool = True
+    or a compact one-line schema with the same fields (about 110). Compact by default: with reasoning=false
+    it made a MASA step 19.7 s against 34.3 s (2.1x GRPO's, not 3.7x) with accuracy and alignment within
+    noise of the paper's reasoned prompt (benchmarks/README.md, "A cheaper step"); meta.preset=paper
+    restores the paper's."""
+    reasoning: bool = False
     """Ask for brief reasoning in a <meta> block before the JSON; false asks for the JSON alone (and expert
-    targets are the JSON alone)."""
+    targets are the JSON alone). False by default: reasoning more than doubled the meta tokens a step (1772
+    against 756) and bought no measurable accuracy or alignment (benchmarks/README.md, "A cheaper step");
+    meta.preset=paper sets it."""
     pass_rate_scale: int = 8
     """The prompt asks for a pass count out of this many attempts."""
     min_length: int = 128
@@ -314,6 +319,8 @@ PAPER_FORMULATION: dict[str, dict[str, Any]] = {
         "field_credit": False,
         "notions": True,
         "expert_sft": False,  # v2, the paper's main text, has none; v1's code shipped it disabled
+        "prompt": "paper",
+        "reasoning": True,
     },
     "efficient": {"switch": "steps", "grade_cutoff": False},
 }
