@@ -638,6 +638,7 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
     for arm, label in (
         ("masa-efficient-new", "MASA-efficient"),
         ("masa-efficient-steps", "MASA-efficient, step switch"),
+        ("masa-efficient-steps-new", "MASA-efficient (new defaults), step switch"),
     ):
         eff = by_arm.get(arm, [])
         if not (eff and grpo and grpo_final is not None):
