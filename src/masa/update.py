@@ -104,7 +104,10 @@ def pack(
     Either layout is a single forward pass, so under FSDP (where each forward all-gathers the parameters
     and every rank must gather alike) ranks stay in step whichever layout their micro-batches get.
     """
-    prompt_index, prompts = _prompt_rows(sequences, share_prompts, max_shared_row)
+    plan = _RowPlan(share_prompts, max_shared_row)
+    for seq in sequences:
+        plan.add(seq)
+    prompt_index, prompts = plan.index, plan.prompts
     prompt_ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt_ids)
     for row, prompt in enumerate(prompts):
@@ -136,7 +139,7 @@ def pack(
                     seq.sampler_logprobs, dtype=torch.float32
                 )
         sampler = sampler.to(device)
-    shared = _is_shared(prompts, sequences)
+    shared = plan.shared
     return PackedBatch(
         prompt_ids=prompt_ids.to(device),
         prompt_mask=prompt_mask.to(device),
@@ -154,46 +157,78 @@ def forward_tokens(
     sequences: Sequence[TrainSequence], *, share_prompts: bool, max_shared_row: int = MAX_SHARED_ROW_TOKENS
 ) -> int:
     """Token positions the forward of ``pack(sequences, ...)`` runs, padding included."""
-    prompt_index, prompts = _prompt_rows(sequences, share_prompts, max_shared_row)
-    if not _is_shared(prompts, sequences):
-        return len(sequences) * (
-            max(len(s.prompt_ids) for s in sequences) + max(len(s.completion_ids) for s in sequences)
-        )
-    rows = [len(p) for p in prompts]
-    for row, seq in zip(prompt_index, sequences, strict=True):
-        rows[row] += max(len(seq.completion_ids) - 1, 0)
-    return len(rows) * max(rows)
-
-
-def _prompt_rows(
-    sequences: Sequence[TrainSequence], share_prompts: bool, max_shared_row: int
-) -> tuple[list[int], list[list[int]]]:
-    if share_prompts:
-        return _shared_rows(sequences, max_shared_row)
-    return list(range(len(sequences))), [s.prompt_ids for s in sequences]
-
-
-def _is_shared(prompts: list[list[int]], sequences: Sequence[TrainSequence]) -> bool:
-    # A shared row needs a prompt position to predict each completion's first token.
-    return len(prompts) < len(sequences) and all(prompts)
-
-
-def _shared_rows(sequences: Sequence[TrainSequence], max_row: int) -> tuple[list[int], list[list[int]]]:
-    """The row of each sequence and each row's prompt: a prompt's completions fill its row in turn (each
-    adds all its tokens but the last) until the next would pass ``max_row``; then it opens another."""
-    open_rows: dict[tuple[int, ...], tuple[int, int]] = {}  # prompt -> (its newest row, that row's length)
-    prompts: list[list[int]] = []
-    index = []
+    plan = _RowPlan(share_prompts, max_shared_row)
     for seq in sequences:
-        key = tuple(seq.prompt_ids)
+        plan.add(seq)
+    return plan.forward_tokens()
+
+
+class _RowPlan:
+    """The rows ``pack`` lays sequences out in, built one sequence at a time, and the size of their forward.
+
+    Shared, a prompt's completions fill its newest row in turn (each adds all its tokens but the last) until
+    the next would pass ``max_row``; then it opens another. Unshared, every sequence has a row of its own.
+    One sequence at a time, so that micro-batches can grow under a token cap without re-planning each one.
+    """
+
+    def __init__(self, share_prompts: bool, max_row: int = MAX_SHARED_ROW_TOKENS):
+        self.share_prompts = share_prompts
+        self.max_row = max_row
+        self.index: list[int] = []  # each sequence's row
+        self.prompts: list[list[int]] = []  # each row's prompt
+        self.lengths: list[int] = []  # each row's length in the shared layout
+        self.newest: dict[tuple[int, ...], int] = {}  # a prompt's newest row
+        self.prompts_nonempty = True
+        self.longest_row = self.longest_prompt = self.longest_completion = 0
+
+    def _place(self, seq: TrainSequence) -> tuple[int, int]:
+        """The row ``seq`` would join and that row's length with it."""
         added = max(len(seq.completion_ids) - 1, 0)
-        row, length = open_rows.get(key, (-1, 0))
-        if row < 0 or length + added > max_row:
-            row, length = len(prompts), len(key)
-            prompts.append(list(key))
-        open_rows[key] = (row, length + added)
-        index.append(row)
-    return index, prompts
+        row = self.newest.get(tuple(seq.prompt_ids), -1) if self.share_prompts else -1
+        if row >= 0 and self.lengths[row] + added <= self.max_row:
+            return row, self.lengths[row] + added
+        return len(self.prompts), len(seq.prompt_ids) + added
+
+    def add(self, seq: TrainSequence) -> None:
+        row, length = self._place(seq)
+        if row == len(self.prompts):
+            self.prompts.append(list(seq.prompt_ids))
+            self.lengths.append(length)
+            if self.share_prompts:
+                self.newest[tuple(seq.prompt_ids)] = row
+            self.prompts_nonempty = self.prompts_nonempty and bool(seq.prompt_ids)
+        self.lengths[row] = length
+        self.index.append(row)
+        self.longest_row = max(self.longest_row, length)
+        self.longest_prompt = max(self.longest_prompt, len(seq.prompt_ids))
+        self.longest_completion = max(self.longest_completion, len(seq.completion_ids))
+
+    @property
+    def shared(self) -> bool:
+        # A shared row needs a prompt position to predict each completion's first token.
+        return len(self.prompts) < len(self.index) and self.prompts_nonempty
+
+    def forward_tokens(self, extra: TrainSequence | None = None) -> int:
+        """Token positions ``pack``'s forward runs for the sequences added (and ``extra``, were it added)."""
+        count, rows, nonempty, longest_row = (
+            len(self.index),
+            len(self.prompts),
+            self.prompts_nonempty,
+            self.longest_row,
+        )
+        longest_prompt, longest_completion = self.longest_prompt, self.longest_completion
+        if extra is not None:
+            row, length = self._place(extra)
+            count += 1
+            if row == rows:
+                rows += 1
+                nonempty = nonempty and bool(extra.prompt_ids)
+            longest_row = max(longest_row, length)
+            longest_prompt = max(longest_prompt, len(extra.prompt_ids))
+            longest_completion = max(longest_completion, len(extra.completion_ids))
+        if rows < count and nonempty:
+            return rows * longest_row
+        return count * (longest_prompt + longest_completion)
 
 
 def token_logprobs(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
@@ -862,19 +897,20 @@ def _micro_batches(
     """Consecutive runs of ``rows`` within the sequence and token caps (a row over the token cap alone)."""
     batches: list[tuple[int, ...]] = []
     current: list[int] = []
+    plan = _RowPlan(settings.prefix_sharing)
     for row in rows:
-        candidate = [*current, row]
+        seq = sequences[row]
         if current and (
-            len(candidate) > settings.micro_batch_sequences
+            len(current) + 1 > settings.micro_batch_sequences
             or (
                 settings.micro_batch_tokens is not None
-                and forward_tokens([sequences[i] for i in candidate], share_prompts=settings.prefix_sharing)
-                > settings.micro_batch_tokens
+                and plan.forward_tokens(extra=seq) > settings.micro_batch_tokens
             )
         ):
             batches.append(tuple(current))
-            candidate = [row]
-        current = candidate
+            current, plan = [], _RowPlan(settings.prefix_sharing)
+        current.append(row)
+        plan.add(seq)
     if current:
         batches.append(tuple(current))
     return batches
