@@ -231,6 +231,29 @@ def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_p
     assert text.startswith("{") and "<meta>" not in text and '"pass_rate": 4' in text
 
 
+def test_expert_targets_from_the_step_share_its_meta_prompts(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(
+        tmp_path,
+        "masa",
+        "meta.expert_sft=true",
+        "meta.expert_source=step",
+        "meta.expert_batch=3",
+        "data.arithmetic_levels=[2,4]",
+    )
+    for step in range(2):
+        trainer.step = step
+        log = trainer.train_step()
+        experts = [s for s in seen[step] if s.kind == "expert"]
+        meta_prompts = {tuple(s.prompt_ids) for s in seen[step] if s.kind == "meta"}
+        # Three of this step's four problems, each target on the prompt its meta rollouts had.
+        assert len(experts) == 3 and log["expert/targets_trained"] == 3
+        assert len({tuple(s.prompt_ids) for s in experts}) == 3
+        assert {tuple(s.prompt_ids) for s in experts} <= meta_prompts
+    # No buffer is kept: every target states the statistics of the step that trains on it.
+    assert trainer.expert_buffer == [] and "expert/buffer" not in log
+
+
 def test_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
     # Every problem is predicted trivial or unsolvable: all are gated, refills run out, nothing is rolled out.
     trainer = _trainer(

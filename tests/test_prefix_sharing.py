@@ -41,7 +41,9 @@ def _sequences() -> list[TrainSequence]:
     return solutions + metas + [expert]
 
 
-def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def _update(
+    model, sequences, grad_stats: bool = False, **settings
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Runs policy_update with plain SGD at lr 1 and no effective clipping: the step is minus the gradient."""
     model = copy.deepcopy(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -54,6 +56,7 @@ def _update(model, sequences, **settings) -> tuple[dict[str, torch.Tensor], dict
         sequences,
         UpdateSettings(grad_clip=1e9, kind_weights={"solution": 1.0, "meta": 0.5, "expert": 0.3}, **settings),
         pad_id=2,
+        grad_stats=grad_stats,
     )
     return {name: before[name] - p.detach() for name, p in model.named_parameters()}, log
 
@@ -104,14 +107,38 @@ def test_shared_update_forwards_each_prompt_once(tiny):
     finally:
         handle.remove()
     expected = 0
-    for kind, prompt in (("solution", PROMPT_A), ("meta", PROMPT_B), ("expert", PROMPT_B)):
-        active = [s for s in sequences if s.kind == kind and (s.advantage != 0.0 or kind == "expert")]
-        # Each kind's micro-batch: one row of its prompt, then every completion minus its last token; no
-        # padding. A lone completion has nothing to share and runs whole after its prompt.
+    # The expert target shares its prompt with the meta rows, so it rides in their micro-batch.
+    for kinds, prompt in ((("solution",), PROMPT_A), (("meta", "expert"), PROMPT_B)):
+        active = [s for s in sequences if s.kind in kinds and (s.advantage != 0.0 or s.kind == "expert")]
+        # Each micro-batch: one row of its prompt, then every completion minus its last token; no padding.
         lengths = [len(s.completion_ids) for s in active]
-        expected += len(prompt) + (sum(n - 1 for n in lengths) if len(active) > 1 else lengths[0])
+        expected += len(prompt) + sum(n - 1 for n in lengths)
     assert shared_tokens == expected
     assert shared_tokens < unshared_tokens
+
+
+def test_expert_target_rides_with_meta_rows_of_its_prompt(tiny):
+    """An expert target on a meta prompt joins the meta micro-batch (one pass of the prompt for both) with
+    the same gradient and the same per-kind losses as in a micro-batch of its own, which is what a step
+    that logs per-kind gradients runs."""
+    model, _ = tiny
+    sequences = _sequences()
+    seen: list[int] = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(args[0].numel()))
+    try:
+        mixed, mixed_log = _update(model, sequences, prefix_sharing=True)
+        mixed_passes, seen[:] = len(seen), []
+        apart, apart_log = _update(model, sequences, prefix_sharing=True, grad_stats=True)
+        apart_passes = len(seen)
+    finally:
+        handle.remove()
+    assert (mixed_passes, apart_passes) == (2, 3)
+    for key in ("update/loss", "update/loss_meta", "update/loss_expert", "update/loss_solution"):
+        assert mixed_log[key] == pytest.approx(apart_log[key], abs=1e-6), key
+    assert mixed_log["update/loss_expert"] > 0
+    assert "grad/norm_expert" in apart_log
+    for name, grad in apart.items():
+        torch.testing.assert_close(mixed[name], grad, atol=1e-5, rtol=0, msg=name)
 
 
 def test_pack_shares_identical_prompts_only():

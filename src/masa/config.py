@@ -218,11 +218,15 @@ class MetaConfig:
     """Weight of the expert targets' token-mean cross-entropy, an extra term of the same optimiser step."""
     expert_every: int = 1
     """Add the supervised term every this many training steps."""
+    expert_source: Literal["buffer", "step"] = "buffer"
+    """buffer: the supervised term draws from the most recent targets (expert_buffer of them, paper v1).
+    step: it draws from this step's own problems, whose targets state the current policy's statistics and
+    share their prompt with the step's meta rollouts, so the update forwards it once for both."""
     expert_batch: int = 4
-    """Targets per supervised term, drawn from the buffer. 4 rather than 16: the same token-mean weight from
+    """Targets per supervised term, drawn from the buffer (or this step's problems). 4 rather than 16: the same token-mean weight from
     fewer rows kept accuracy and alignment over 3 seeds for a 19% cheaper step (benchmarks/README.md)."""
     expert_buffer: int = 256
-    """Most recent targets kept."""
+    """Most recent targets kept (expert_source=buffer)."""
 
 
 @dataclass

@@ -598,19 +598,23 @@ class Trainer:
     def _expert_sequences(
         self, problems: list[Problem], metas: list[list[MetaRollout]], stats: list[SolutionStats]
     ) -> tuple[list[TrainSequence], dict[str, float]]:
-        """Buffer corrected expert meta trajectories; every K steps, a sample of them joins the update."""
+        """Corrected expert meta trajectories of this step's problems; every K steps, a sample of them (or of
+        the buffer of recent ones) joins the update."""
         mc = self.cfg.meta
-        added = 0
-        for problem, group, st in zip(problems, metas, stats, strict=True):
-            target = self._expert_target(problem, group, st)
-            if target is not None:
-                self.expert_buffer.append(target)
-                added += 1
-        del self.expert_buffer[: -mc.expert_buffer]
-        log: dict[str, float] = {"expert/targets_added": added, "expert/buffer": len(self.expert_buffer)}
-        if (self.step + 1) % mc.expert_every or not self.expert_buffer:
+        targets = [
+            target
+            for problem, group, st in zip(problems, metas, stats, strict=True)
+            if (target := self._expert_target(problem, group, st)) is not None
+        ]
+        log: dict[str, float] = {"expert/targets_added": len(targets)}
+        if mc.expert_source == "buffer":
+            self.expert_buffer += targets
+            del self.expert_buffer[: -mc.expert_buffer]
+            targets = self.expert_buffer
+            log["expert/buffer"] = len(self.expert_buffer)
+        if (self.step + 1) % mc.expert_every or not targets:
             return [], log
-        picks = self.update_rng.sample(self.expert_buffer, min(mc.expert_batch, len(self.expert_buffer)))
+        picks = self.update_rng.sample(targets, min(mc.expert_batch, len(targets)))
         log["expert/targets_trained"] = len(picks)
         return [TrainSequence(prompt, target, 0.0, kind="expert") for prompt, target in picks], log
 

@@ -723,15 +723,23 @@ def policy_update(
             for i in mini
             if scales[i] > 0 and (sequences[i].has_signal or (with_kl and sequences[i].kind != "expert"))
         ]
-        # Micro-batches hold one kind each: similar prompts pad less, and per-kind gradients can be read.
-        # With prefix sharing, a prompt's completions sit together so that they share one prompt pass.
-        active.sort(key=lambda i: (KINDS.index(sequences[i].kind), *_length_order(sequences[i], settings)))
+        # Micro-batches hold one kind each (similar prompts pad less; per-kind gradients can be read), except
+        # that an expert target whose prompt a meta row has joins that row: its prompt is then forwarded once
+        # for both. With prefix sharing, a prompt's completions sit together to share one prompt pass.
+        lanes = _lanes(sequences, active, share=settings.prefix_sharing and not grad_stats)
+        active.sort(
+            key=lambda i: (
+                KINDS.index(lanes[i]),
+                *_length_order(sequences[i], settings),
+                KINDS.index(sequences[i].kind),
+            )
+        )
         micro: list[tuple[int, ...]] = []
-        for kind in KINDS:
-            rows = [i for i in active if sequences[i].kind == kind]
-            kind_micro, kind_standins = _rank_micro_batches(rows, sequences, settings, ranks)
-            micro += kind_micro
-            standins.update(kind_standins)
+        for lane in KINDS:
+            rows = [i for i in active if lanes[i] == lane]
+            lane_micro, lane_standins = _rank_micro_batches(rows, sequences, settings, ranks)
+            micro += lane_micro
+            standins.update(lane_standins)
         plans.append((scales, micro))
     packed = {
         key: pack(
@@ -751,8 +759,15 @@ def policy_update(
         for key in micro
     }
 
+    def expert_rows(key: tuple[int, ...]) -> torch.Tensor:
+        return torch.tensor([sequences[i].kind == "expert" for i in key], device=device)
+
+    def lane(key: tuple[int, ...]) -> str:
+        """The kind of a micro-batch: its RL rows' (expert rows may ride in a meta one), else expert."""
+        return next((sequences[i].kind for i in key if sequences[i].kind != "expert"), "expert")
+
     def is_rl(key: tuple[int, ...]) -> bool:
-        return sequences[key[0]].kind != "expert"
+        return lane(key) != "expert"
 
     # One optimiser step on the batch: the policy before the update is the policy of the training forward,
     # so its log-probs, detached, are the old ones, and no extra forward pass is needed.
@@ -775,7 +790,7 @@ def policy_update(
     totals = dict.fromkeys(("loss", "clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"), 0.0)
     kind_losses = dict.fromkeys(KINDS, 0.0)
     # Where the update's time goes (forward and backward by kind, then clipping and the optimiser), so a
-    # costly meta path shows which part of it costs.
+    # costly meta path shows which part of it costs. Expert targets riding in a meta micro-batch count as meta.
     kind_seconds = dict.fromkeys(KINDS, 0.0)
     optimizer_seconds = 0.0
     grad_norms: list[float] = []
@@ -795,17 +810,19 @@ def policy_update(
             for position, key in enumerate(micro):
                 started = time.perf_counter()
                 batch = packed[key]
-                kind = sequences[key[0]].kind
+                kind = lane(key)
+                expert = expert_rows(key)
+                with autocast_context(device.type, autocast_dtype):
+                    logprobs = token_logprobs(model, batch)
+                parts: dict[str, torch.Tensor] = {}
                 if is_rl(key):
-                    with autocast_context(device.type, autocast_dtype):
-                        logprobs = token_logprobs(model, batch)
                     if reuse_current and gap is not None:
                         is_weights[key] = gap.weigh(logprobs, batch, standin=key in standins)
-                    loss, stats = clipped_policy_loss(
+                    parts[kind], stats = clipped_policy_loss(
                         logprobs,
                         logprobs.detach() if reuse_current else old[key],
                         batch.advantages,
-                        batch.completion_mask,
+                        batch.completion_mask * ~expert.unsqueeze(-1),
                         clip_low=settings.clip_low,
                         clip_high=settings.clip_high,
                         normaliser=1.0,
@@ -818,16 +835,17 @@ def policy_update(
                         for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
                             totals[name] += getattr(stats, name)
                         rl_micro_steps += 1
-                else:
-                    with autocast_context(device.type, autocast_dtype):
-                        logprobs = token_logprobs(model, batch)
+                if bool(expert.any()):
                     # Cross-entropy on the target tokens, weighted and normalised like any other kind.
-                    loss = -(logprobs * batch.completion_mask * weights[key].unsqueeze(-1)).sum()
+                    rows = weights[key] * expert
+                    parts["expert"] = -(logprobs * batch.completion_mask * rows.unsqueeze(-1)).sum()
+                loss = sum(parts.values())
                 loss.backward()
                 kind_seconds[kind] += time.perf_counter() - started
                 totals["loss"] += float(loss.detach())
-                kind_losses[kind] += float(loss.detach())
-                last_of_kind = position + 1 == len(micro) or sequences[micro[position + 1][0]].kind != kind
+                for part_kind, part in parts.items():
+                    kind_losses[part_kind] += float(part.detach())
+                last_of_kind = position + 1 == len(micro) or lane(micro[position + 1]) != kind
                 if by_kind is not None and last_of_kind:
                     by_kind.close_kind(kind)
             if by_kind is not None:
@@ -867,6 +885,18 @@ def policy_update(
         metrics.update(gap.metrics(ranks))
     metrics.update(grad_log)
     return metrics
+
+
+def _lanes(sequences: Sequence[TrainSequence], active: Sequence[int], *, share: bool) -> dict[int, str]:
+    """The kind of micro-batch each active row runs in: its own, or ``meta`` for an expert target whose
+    prompt an active meta row has (with ``share``)."""
+    meta_prompts = {tuple(sequences[i].prompt_ids) for i in active if sequences[i].kind == "meta"}
+    return {
+        i: "meta"
+        if share and sequences[i].kind == "expert" and tuple(sequences[i].prompt_ids) in meta_prompts
+        else sequences[i].kind
+        for i in active
+    }
 
 
 def _rank_micro_batches(
