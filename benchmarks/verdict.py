@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from masa.config import MetaConfig
+
 ROOT = Path(__file__).resolve().parent
 # "New" is masa's defaults: the compact meta prompt and the JSON alone (masa-json-compact) under the new
 # objective (per-kind loss budget, Brier pass-rate reward, mean-centred meta advantages, graded cutoff,
@@ -768,13 +770,16 @@ def main() -> None:
     parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
     parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
     parser.add_argument(
-        "--meta-eval-prompt", choices=("paper", "compact"), default="paper", help="meta prompt for GRPO/base"
+        "--meta-eval-prompt",
+        choices=("paper", "compact"),
+        default=MetaConfig.prompt,
+        help="meta prompt for GRPO/base (default: masa's)",
     )
     parser.add_argument(
         "--meta-eval-reasoning",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ask GRPO/base for <meta> reasoning (the MASA arms use what they trained with)",
+        default=MetaConfig.reasoning,
+        help="ask GRPO/base for <meta> reasoning (default: masa's; the MASA arms use what they trained with)",
     )
     parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
     parser.add_argument("--meta-eval-base", action="store_true", help="also evaluate the untrained model's")

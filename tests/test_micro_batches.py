@@ -53,6 +53,30 @@ def test_a_micro_batch_stays_within_both_caps_and_a_long_sequence_goes_alone():
     ]
 
 
+def test_a_prompt_group_that_fits_in_one_micro_batch_is_not_split():
+    # Groups of 5 rows (4 meta answers and an expert target on one prompt), 16 rows a micro-batch: the fourth
+    # group starts a new micro-batch rather than forward its prompt in two.
+    sequences = [s for p in range(4) for s in _group([1, 2, 3 + p], [4, 6, 5, 3, 7], kind="meta")]
+    rows = list(range(len(sequences)))
+    shared = UpdateSettings(micro_batch_sequences=16, prefix_sharing=True)
+    assert _micro_batches(rows, sequences, shared) == [tuple(range(15)), tuple(range(15, 20))]
+    # Unshared there is no prompt pass to save: rows fill each micro-batch as before.
+    unshared = UpdateSettings(micro_batch_sequences=16, prefix_sharing=False)
+    assert _micro_batches(rows, sequences, unshared) == [tuple(range(16)), tuple(range(16, 20))]
+    # Under a token cap too: the third group's first row would fit beside the two short rows, its second
+    # would not; alone (one row of 25 tokens) it fits, so it starts the next micro-batch whole.
+    grouped = _group([1, 2, 3], [2, 2, 2]) + _group([1, 2, 4], [2, 2, 2]) + _group([1, 2, 5], [5, 10, 10])
+    capped = UpdateSettings(micro_batch_sequences=16, micro_batch_tokens=30, prefix_sharing=True)
+    assert _micro_batches(list(range(9)), grouped, capped) == [tuple(range(6)), (6, 7, 8)]
+    # A group larger than a micro-batch is still split.
+    assert _micro_batches(
+        rows[:5], sequences, UpdateSettings(micro_batch_sequences=3, prefix_sharing=True)
+    ) == [
+        (0, 1, 2),
+        (3, 4),
+    ]
+
+
 def test_every_rank_gets_as_many_micro_batches_and_stand_ins_are_other_ranks_rows():
     # Dealt in turn, rank 0 gets the short rows 0, 2, 4 and rank 1 the long rows 1, 3, 5: under a token
     # cap rank 1 needs more micro-batches, so rank 0 (for once) is the one given a stand-in.

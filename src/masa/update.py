@@ -7,6 +7,7 @@ token-mean of its own kind, so the share of the update a kind gets is its weight
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -202,6 +203,13 @@ class _RowPlan:
         self.longest_row = max(self.longest_row, length)
         self.longest_prompt = max(self.longest_prompt, len(seq.prompt_ids))
         self.longest_completion = max(self.longest_completion, len(seq.completion_ids))
+
+    def extended(self, sequences: Sequence[TrainSequence]) -> _RowPlan:
+        """A copy of this plan with ``sequences`` added."""
+        plan = copy.deepcopy(self)
+        for seq in sequences:
+            plan.add(seq)
+        return plan
 
     @property
     def shared(self) -> bool:
@@ -924,26 +932,59 @@ def _rank_micro_batches(
 def _micro_batches(
     rows: list[int], sequences: Sequence[TrainSequence], settings: UpdateSettings
 ) -> list[tuple[int, ...]]:
-    """Consecutive runs of ``rows`` within the sequence and token caps (a row over the token cap alone)."""
+    """Consecutive runs of ``rows`` within the sequence and token caps (a row over the token cap alone).
+
+    With prefix sharing, a prompt's rows (consecutive) that fit in one micro-batch are not split across two:
+    each part would forward the prompt again, which for a group of short answers to a long prompt (meta
+    rollouts and their expert target) costs more than the extra pass of a micro-batch closed early.
+    """
     batches: list[tuple[int, ...]] = []
     current: list[int] = []
     plan = _RowPlan(settings.prefix_sharing)
-    for row in rows:
-        seq = sequences[row]
-        if current and (
-            len(current) + 1 > settings.micro_batch_sequences
-            or (
-                settings.micro_batch_tokens is not None
-                and plan.forward_tokens(extra=seq) > settings.micro_batch_tokens
-            )
+
+    def fits(plan: _RowPlan, count: int, group: list[TrainSequence]) -> bool:
+        if count + len(group) > settings.micro_batch_sequences:
+            return False
+        return settings.micro_batch_tokens is None or plan.extended(group).forward_tokens() <= (
+            settings.micro_batch_tokens
+        )
+
+    for group_rows in _prompt_runs(rows, sequences, settings.prefix_sharing):
+        group = [sequences[i] for i in group_rows]
+        if (
+            current
+            and len(group) > 1
+            and not fits(plan, len(current), group)
+            and fits(_RowPlan(settings.prefix_sharing), 0, group)
         ):
             batches.append(tuple(current))
             current, plan = [], _RowPlan(settings.prefix_sharing)
-        current.append(row)
-        plan.add(seq)
+        for row, seq in zip(group_rows, group, strict=True):
+            if current and (
+                len(current) + 1 > settings.micro_batch_sequences
+                or (
+                    settings.micro_batch_tokens is not None
+                    and plan.forward_tokens(extra=seq) > settings.micro_batch_tokens
+                )
+            ):
+                batches.append(tuple(current))
+                current, plan = [], _RowPlan(settings.prefix_sharing)
+            current.append(row)
+            plan.add(seq)
     if current:
         batches.append(tuple(current))
     return batches
+
+
+def _prompt_runs(rows: list[int], sequences: Sequence[TrainSequence], share_prompts: bool) -> list[list[int]]:
+    """``rows`` cut into maximal runs of one prompt (shared), or one row each (unshared)."""
+    runs: list[list[int]] = []
+    for row in rows:
+        if share_prompts and runs and sequences[runs[-1][-1]].prompt_ids == sequences[row].prompt_ids:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
