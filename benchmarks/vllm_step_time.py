@@ -29,7 +29,14 @@ from masa.models import cpu_has_fast_bf16, cpu_name
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
-JSON_COMPACT = ["algo=masa", "rollout.engine=vllm", "meta.prompt=compact", "meta.reasoning=false"]
+JSON_COMPACT = [
+    "algo=masa",
+    "rollout.engine=vllm",
+    "meta.prompt=compact",
+    "meta.reasoning=false",
+    "meta.n=8",
+    "meta.expert_source=buffer",
+]
 # The "masa" arms were measured on the paper's meta prompt with reasoning, masa's default then (the compact
 # JSON-only path, JSON_COMPACT, is the default now); they pin it so that a rerun repeats them.
 PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true"]
@@ -63,6 +70,10 @@ ARMS = {
     "masa json-compact vllm, 4096-token micro-batches": [*JSON_COMPACT, *token_cap(4096)],
     "grpo vllm, 2048-token micro-batches": ["algo=grpo", "rollout.engine=vllm", *token_cap(2048)],
     "grpo vllm, 4096-token micro-batches": ["algo=grpo", "rollout.engine=vllm", *token_cap(4096)],
+    # Expert targets of the step's own problems (each shares its prompt with its meta rollouts in the update),
+    # with the buffer pinned on the arm above; and the same with M = 4.
+    "masa json-compact vllm, step's expert targets": [*JSON_COMPACT, "meta.expert_source=step"],
+    "masa lean vllm": [*JSON_COMPACT, "meta.expert_source=step", "meta.n=4"],
 }
 
 
