@@ -101,7 +101,7 @@ ARMS = {
     # Expert targets from the step's own problems: each shares its prompt with that problem's meta rollouts,
     # so the update forwards the prompt once for both (in verdict-s13 the buffer's targets, each on a prompt
     # of its own, cost 4.0 of a MASA step's 37.7 s), and each states the current policy's statistics.
-    "masa-step-expert": ["algo=masa", "meta.expert_source=step"],
+    "masa-step-expert": ["algo=masa", "meta.expert_source=step", "meta.n=8"],
     # The same with half the meta rollouts (M = 4): the meta generation and the meta update, the rest of
     # what a MASA step costs beyond GRPO's, both scale with M.
     "masa-lean": ["algo=masa", "meta.expert_source=step", "meta.n=4"],
@@ -113,6 +113,13 @@ ARMS = {
         "meta.n=4",
     ],
 }
+# M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since);
+# the arms measured on them pin them, so that a rerun repeats them. masa-new is masa's defaults, so its
+# results up to verdict-s13 are of what masa-json-compact names now, and masa-efficient-steps-new's of the
+# same path.
+BEFORE_S14 = ["meta.n=8", "meta.expert_source=buffer"]
+S14_ARMS = ("grpo", "masa-new", "masa-step-expert", "masa-lean", "masa-efficient-lean")
+ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {
     "masa-new": "MASA (new)",
     "masa-step-expert": "MASA, expert targets of the step",

@@ -29,17 +29,18 @@ from masa.models import cpu_has_fast_bf16, cpu_name
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
+# M = 8 and the expert buffer were the defaults until verdict-s14; the arms measured on them pin them.
+BEFORE_S14 = ["meta.n=8", "meta.expert_source=buffer"]
 JSON_COMPACT = [
     "algo=masa",
     "rollout.engine=vllm",
     "meta.prompt=compact",
     "meta.reasoning=false",
-    "meta.n=8",
-    "meta.expert_source=buffer",
+    *BEFORE_S14,
 ]
 # The "masa" arms were measured on the paper's meta prompt with reasoning, masa's default then (the compact
 # JSON-only path, JSON_COMPACT, is the default now); they pin it so that a rerun repeats them.
-PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true"]
+PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true", *BEFORE_S14]
 
 
 def token_cap(tokens: int) -> list[str]:
@@ -51,7 +52,13 @@ ARMS = {
     "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
     "masa hf": ["algo=masa", "rollout.engine=hf", *PAPER_REASONED],
     "masa vllm": ["algo=masa", "rollout.engine=vllm", *PAPER_REASONED],
-    "masa json-only vllm": ["algo=masa", "rollout.engine=vllm", "meta.prompt=paper", "meta.reasoning=false"],
+    "masa json-only vllm": [
+        "algo=masa",
+        "rollout.engine=vllm",
+        "meta.prompt=paper",
+        "meta.reasoning=false",
+        *BEFORE_S14,
+    ],
     "masa vllm, no prefix cache": [
         "algo=masa",
         "rollout.engine=vllm",

@@ -97,8 +97,10 @@ def test_default_meta_path_is_compact_json_only_and_the_paper_preset_restores_re
     for preset in ("tiny", "smollm2-arith"):
         default = load_config(preset).meta
         assert (default.prompt, default.reasoning) == ("compact", False)
+        assert (default.n, default.expert_source) == (4, "step")
+        assert load_config(preset, overrides=["meta.preset=paper"]).meta.n == 8  # the preset file sets no M
     paper = load_config("tiny", overrides=["meta.preset=paper"]).meta
-    assert (paper.prompt, paper.reasoning) == ("paper", True)
+    assert (paper.prompt, paper.reasoning, paper.n) == ("paper", True, 8)
     # Keys set explicitly win over the preset, in overrides and in a plain dict alike.
     unreasoned = load_config("tiny", overrides=["meta.preset=paper", "meta.reasoning=false"]).meta
     assert (unreasoned.prompt, unreasoned.reasoning) == ("paper", False)

@@ -176,6 +176,7 @@ def test_expert_sft_is_a_weighted_term_of_the_same_update(tmp_path, monkeypatch)
         tmp_path,
         "masa",
         "meta.expert_sft=true",
+        "meta.expert_source=buffer",
         "meta.prompt=paper",  # with reasoning, which the targets keep (the JSON-only path: the next test)
         "meta.reasoning=true",
         "meta.expert_batch=16",  # every buffered target in every step's term, so all of them are learned
@@ -226,7 +227,7 @@ def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_p
     trainer.train_step()
     meta_prompt = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == "meta").prompt_ids)
     assert "Reply with this JSON only" in meta_prompt and "<meta>" not in meta_prompt
-    _, target = trainer.expert_buffer[0]
+    target = next(s for s in seen[0] if s.kind == "expert").completion_ids
     text = trainer.tokenizer.decode(target, skip_special_tokens=True)
     assert text.startswith("{") and "<meta>" not in text and '"pass_rate": 4' in text
 
