@@ -119,3 +119,21 @@ def test_bad_data_path_fails_at_start_up_naming_the_file(tmp_path):
 
     with pytest.raises(DataError, match="missing.jsonl"):
         Trainer(_config(tmp_path, f"data.train={tmp_path / 'missing.jsonl'}"), run_dir=tmp_path / "x")
+
+
+def test_a_malformed_training_row_stops_the_run_unless_skip_invalid(tmp_path):
+    from masa.data.loaders import DataError
+    from masa.trainer import load_problem_splits
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"problem": "1+1?", "answer": "2"},
+        {"problem": "2+2?", "answer": ""},
+        {"problem": "3+3?", "answer": 6},
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    strict = _config(tmp_path, f"data.train={data}")
+    with pytest.raises(DataError, match=r"row 2, field 'answer': empty \(data\.skip_invalid=true drops"):
+        load_problem_splits(strict)
+    train, _ = load_problem_splits(_config(tmp_path, f"data.train={data}", "data.skip_invalid=true"))
+    assert [(p.prompt, p.answer) for p in train] == [("1+1?", "2"), ("3+3?", "6")]

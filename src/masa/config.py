@@ -74,6 +74,9 @@ class DataConfig:
     verify_timeout_s: float = 2.0
     """CPU seconds math-verify may spend on one answer check; how busy the machine is does not count."""
     shuffle: bool = True
+    skip_invalid: bool = False
+    """Drop malformed rows of a data file (empty or missing prompt or answer) with a warning that counts
+    them, instead of stopping at the first; public sets have a few (MATH test: one empty answer)."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ from masa.checkpoint import (
 )
 from masa.config import Config, ConfigError, config_from_dict, task_has_notions
 from masa.data.arithmetic import arithmetic_splits
-from masa.data.loaders import FieldMap, load_problems
+from masa.data.loaders import DataError, FieldMap, load_problems
 from masa.data.problem import Problem
 from masa.data.sampler import ProblemSampler
 from masa.distributed import NullWriter, SplitEngine, close_ranks, init_ranks
@@ -908,14 +908,26 @@ def load_problem_splits(config: Config) -> tuple[list[Problem], list[Problem]]:
         n_eval=d.eval_size,
         levels=d.arithmetic_levels,
     )
-    fields = _field_map(config)
-    train = (
-        arith_train if d.train == "arithmetic" else load_problems(d.train, fields=fields, split=d.train_split)
-    )
+    train = arith_train if d.train == "arithmetic" else _load_data_file(config, d.train, d.train_split)
     if d.eval is None:
         evaluation: list[Problem] = []
     elif d.eval == "arithmetic":
         evaluation = arith_eval
     else:
-        evaluation = load_problems(d.eval, fields=fields, split=d.eval_split)
+        evaluation = _load_data_file(config, d.eval, d.eval_split)
     return train, evaluation[: d.eval_size]
+
+
+def _load_data_file(config: Config, source: str, split: str) -> list[Problem]:
+    d = config.data
+    try:
+        return load_problems(source, fields=_field_map(config), split=split, skip_invalid=d.skip_invalid)
+    except DataError as exc:
+        if exc.row is None or d.skip_invalid:
+            raise
+        raise DataError(
+            f"{exc.reason} (data.skip_invalid=true drops malformed rows with a warning)",
+            source=exc.source,
+            row=exc.row,
+            field=exc.field,
+        ) from exc

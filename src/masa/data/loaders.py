@@ -51,7 +51,7 @@ class DataError(ValueError):
             [source] + ([f"row {row}"] if row is not None else []) + ([f"field {field!r}"] if field else [])
         )
         super().__init__(f"{where}: {message}")
-        self.source, self.row, self.field = source, row, field
+        self.reason, self.source, self.row, self.field = message, source, row, field
 
 
 @dataclass(frozen=True)
