@@ -1,0 +1,208 @@
+"""Final accuracy of a verdict's runs on a wider held-out set, for paired arm comparisons with less noise.
+
+The verdict evaluates on 50 held-out problems per seed: one model's accuracy there has a binomial spread of
+about 7 points, as large as the differences between arms. This script takes each run's final model and
+scores it, greedy like the in-training evaluation (same prompt, token limit and answer check), on
+``--per-level`` fresh problems of each of ``--levels``, none of which is in that seed's training split (all
+of it, not only the problems the run drew) or its 50-problem evaluation set. The set depends only on the
+seed, so the arms of one seed meet the same problems. As a check that the protocol is the training's, it
+also scores the run's own evaluation set and sets that beside the accuracy the run logged at its end.
+
+    .venv-vllm/bin/python benchmarks/heldout_wide.py --runs RESULTS/runs --out RESULTS_wide.json
+    .venv-vllm/bin/python benchmarks/heldout_wide.py --report-only --out RESULTS_wide.json
+
+Levels 2-4 by default: a training split of 4000 holds all of level 1 (100 problems in all), and on level 5
+the embedded model stays near 0 whatever it was trained with, so those problems would cost time and tell
+nothing apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from masa.config import load_config
+from masa.data.arithmetic import make_arithmetic_problems
+from masa.data.problem import Problem
+from masa.eval.heldout import heldout_accuracy
+from masa.models import cpu_has_fast_bf16, cpu_name, load_tokenizer
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE
+from masa.rollout import build_engine
+from masa.rollout.types import SamplingParams
+from masa.trainer import load_problem_splits
+
+# Fresh problems are drawn from their own stream, apart from every seed's training and evaluation draws.
+WIDE_SEED_OFFSET = 1_000_003
+
+
+def wide_problems(config: Any, per_level: int, levels: list[int]) -> list[Problem]:
+    """``per_level`` distinct problems of each level that the seed's training and evaluation splits lack."""
+    train, evaluation = load_problem_splits(config)
+    seen = {p.prompt for p in [*train, *evaluation]}
+    seed = config.train.seed
+    chosen: list[Problem] = []
+    for level in levels:
+        fresh: dict[str, Problem] = {}
+        for problem in make_arithmetic_problems(
+            50 * per_level, seed=WIDE_SEED_OFFSET + 10 * seed + level, levels=[level]
+        ):
+            if problem.prompt not in seen and problem.prompt not in fresh:
+                fresh[problem.prompt] = problem
+        if len(fresh) < per_level:
+            raise SystemExit(f"level {level} has only {len(fresh)} problems outside seed {seed}'s splits")
+        chosen += list(fresh.values())[:per_level]
+    return chosen
+
+
+def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dict[str, Any]:
+    config = load_config(file=run / "config.yaml", overrides=[f"model.threads={threads}"])
+    _, own_eval = load_problem_splits(config)
+    problems = wide_problems(config, per_level, levels)
+    final = run / "final"
+    tokenizer = load_tokenizer(str(final))
+    engine = build_engine(
+        config.rollout, None, tokenizer, model_source=str(final), seed=config.train.seed, threads=threads
+    )
+    params = SamplingParams(
+        temperature=config.rollout.eval_temperature,
+        top_p=config.rollout.top_p,
+        max_new_tokens=config.rollout.max_new_tokens,
+    )
+
+    def accuracy(problems: list[Problem]) -> Any:
+        return heldout_accuracy(
+            engine,
+            tokenizer,
+            problems,
+            params,
+            samples_per_problem=config.rollout.eval_samples,
+            template=DEFAULT_SOLUTION_TEMPLATE,
+            fallback=config.data.answer_fallback,
+            timeout_s=config.data.verify_timeout_s,
+            chunk_problems=max(1, config.rollout.max_batch_sequences // config.rollout.eval_samples),
+        )
+
+    started = time.perf_counter()
+    try:
+        wide, own = accuracy(problems), accuracy(own_eval)
+    finally:
+        engine.close()
+        gc.collect()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    logged = [m["eval/accuracy"] for m in metrics if "eval/accuracy" in m]
+    return {
+        "run": run.name,
+        "arm": run.name.rsplit("-s", 1)[0],
+        "seed": config.train.seed,
+        "steps": config.train.steps,
+        "wide_accuracy": wide.accuracy,
+        "wide_by_level": wide.by_difficulty,
+        "wide_problems": len(problems),
+        "own_eval_accuracy": own.accuracy,
+        "own_eval_logged": logged[-1] if logged else None,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def report(rows: list[dict[str, Any]]) -> list[str]:
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], {})[row["seed"]] = row
+    grpo = by_arm.get("grpo", {})
+    levels = sorted({level for row in rows for level in row["wide_by_level"]})
+    lines = [
+        "| arm | seeds | wide accuracy | "
+        + " | ".join(f"level {level}" for level in levels)
+        + " | paired with GRPO (points) | own 50, logged → rescored |",
+        "|---|---|---|" + "---|" * len(levels) + "---|---|",
+    ]
+    for arm, seeds in sorted(by_arm.items(), key=lambda item: (item[0] != "grpo", item[0])):
+        runs = [seeds[s] for s in sorted(seeds)]
+        wide = [r["wide_accuracy"] for r in runs]
+        per_level = [
+            statistics.fmean(r["wide_by_level"][level] for r in runs if level in r["wide_by_level"])
+            for level in levels
+        ]
+        pairs = [
+            100 * (seeds[s]["wide_accuracy"] - grpo[s]["wide_accuracy"]) for s in sorted(seeds) if s in grpo
+        ]
+        paired = "–"
+        if arm != "grpo" and pairs:
+            se = statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else 0.0
+            paired = (
+                f"{statistics.fmean(pairs):+.1f} ± {se:.1f} (" + ", ".join(f"{d:+.1f}" for d in pairs) + ")"
+            )
+        agree = sum(
+            r["own_eval_logged"] is not None and abs(r["own_eval_logged"] - r["own_eval_accuracy"]) < 1e-9
+            for r in runs
+        )
+        lines.append(
+            f"| {arm} | {len(runs)} | {_pm(wide)} | "
+            + " | ".join(f"{v:.3f}" for v in per_level)
+            + f" | {paired} | {agree} of {len(runs)} equal |"
+        )
+    return lines
+
+
+def _pm(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=Path, help="a verdict's runs/ folder (each run with final/)")
+    parser.add_argument("--only", nargs="*", default=[], help="run names to score (default: all with final/)")
+    parser.add_argument("--per-level", type=int, default=100)
+    parser.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="results JSON; scored runs are kept across calls"
+    )
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="more results files to add to --out"
+    )
+    args = parser.parse_args()
+    record = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    for extra in args.merge:
+        rows = json.loads(extra.read_text())["rows"]
+        names = {r["run"] for r in rows}
+        record["rows"] = [r for r in record["rows"] if r["run"] not in names] + rows
+    if not args.report_only:
+        if args.runs is None:
+            parser.error("--runs is required unless --report-only")
+        runs = sorted(
+            p.parent for p in args.runs.glob("*/final") if not args.only or p.parent.name in args.only
+        )
+        for run in runs:
+            row = score_run(run, args.per_level, args.levels, args.threads)
+            print(json.dumps(row), flush=True)
+            # Each run is written as soon as it is scored, aside and renamed. Processes running at once each
+            # get their own --out; --merge joins them.
+            record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
+            record["machine"] = f"{cpu_name()}, bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"
+            record["command"] = " ".join(["python", *sys.argv])
+            _write(args.out, record)
+    if args.merge:
+        _write(args.out, record)
+    print("\n".join(report(record["rows"])))
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
