@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from former_defaults import BEFORE_S14, PAPER_REASONED
 
 from masa.config import MetaConfig
 
@@ -43,7 +44,6 @@ ROOT = Path(__file__).resolve().parent
 # paper's prompt with <meta> reasoning, so masa-new's results up to there are of that path, which
 # masa-new-reasoned now names. The arms below that were run on that default pin it (PAPER_REASONED), so a
 # rerun repeats them.
-PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true"]
 ARMS = {
     "grpo": ["algo=grpo"],
     "masa-paper": ["algo=masa", "meta.preset=paper"],
@@ -117,7 +117,6 @@ ARMS = {
 # the arms measured on them pin them, so that a rerun repeats them. masa-new is masa's defaults, so its
 # results up to verdict-s13 are of what masa-json-compact names now, and masa-efficient-steps-new's of the
 # same path.
-BEFORE_S14 = ["meta.n=8", "meta.expert_source=buffer"]
 S14_ARMS = ("grpo", "masa-new", "masa-step-expert", "masa-lean", "masa-efficient-lean")
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {

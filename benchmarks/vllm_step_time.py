@@ -24,13 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from former_defaults import BEFORE_S14, PAPER_REASONED
+
 from masa.config import load_config
 from masa.models import cpu_has_fast_bf16, cpu_name
 from masa.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
-# M = 8 and the expert buffer were the defaults until verdict-s14; the arms measured on them pin them.
-BEFORE_S14 = ["meta.n=8", "meta.expert_source=buffer"]
 JSON_COMPACT = [
     "algo=masa",
     "rollout.engine=vllm",
@@ -40,7 +40,7 @@ JSON_COMPACT = [
 ]
 # The "masa" arms were measured on the paper's meta prompt with reasoning, masa's default then (the compact
 # JSON-only path, JSON_COMPACT, is the default now); they pin it so that a rerun repeats them.
-PAPER_REASONED = ["meta.prompt=paper", "meta.reasoning=true", *BEFORE_S14]
+PAPER_REASONED_ARM = [*PAPER_REASONED, *BEFORE_S14]
 
 
 def token_cap(tokens: int) -> list[str]:
@@ -50,8 +50,8 @@ def token_cap(tokens: int) -> list[str]:
 ARMS = {
     "grpo hf": ["algo=grpo", "rollout.engine=hf"],
     "grpo vllm": ["algo=grpo", "rollout.engine=vllm"],
-    "masa hf": ["algo=masa", "rollout.engine=hf", *PAPER_REASONED],
-    "masa vllm": ["algo=masa", "rollout.engine=vllm", *PAPER_REASONED],
+    "masa hf": ["algo=masa", "rollout.engine=hf", *PAPER_REASONED_ARM],
+    "masa vllm": ["algo=masa", "rollout.engine=vllm", *PAPER_REASONED_ARM],
     "masa json-only vllm": [
         "algo=masa",
         "rollout.engine=vllm",
@@ -63,7 +63,7 @@ ARMS = {
         "algo=masa",
         "rollout.engine=vllm",
         "rollout.prefix_caching=false",
-        *PAPER_REASONED,
+        *PAPER_REASONED_ARM,
     ],
     # The cheapest meta path (compact prompt, JSON alone; masa's default), and what two engine-level choices
     # give it.

@@ -105,9 +105,7 @@ def pack(
     Either layout is a single forward pass, so under FSDP (where each forward all-gathers the parameters
     and every rank must gather alike) ranks stay in step whichever layout their micro-batches get.
     """
-    plan = _RowPlan(share_prompts, max_shared_row)
-    for seq in sequences:
-        plan.add(seq)
+    plan = _RowPlan(share_prompts, max_shared_row).added(sequences)
     prompt_index, prompts = plan.index, plan.prompts
     prompt_ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt_ids)
@@ -158,10 +156,7 @@ def forward_tokens(
     sequences: Sequence[TrainSequence], *, share_prompts: bool, max_shared_row: int = MAX_SHARED_ROW_TOKENS
 ) -> int:
     """Token positions the forward of ``pack(sequences, ...)`` runs, padding included."""
-    plan = _RowPlan(share_prompts, max_shared_row)
-    for seq in sequences:
-        plan.add(seq)
-    return plan.forward_tokens()
+    return _RowPlan(share_prompts, max_shared_row).added(sequences).forward_tokens()
 
 
 class _RowPlan:
@@ -204,12 +199,15 @@ class _RowPlan:
         self.longest_prompt = max(self.longest_prompt, len(seq.prompt_ids))
         self.longest_completion = max(self.longest_completion, len(seq.completion_ids))
 
+    def added(self, sequences: Sequence[TrainSequence]) -> _RowPlan:
+        """This plan with ``sequences`` added."""
+        for seq in sequences:
+            self.add(seq)
+        return self
+
     def extended(self, sequences: Sequence[TrainSequence]) -> _RowPlan:
         """A copy of this plan with ``sequences`` added."""
-        plan = copy.deepcopy(self)
-        for seq in sequences:
-            plan.add(seq)
-        return plan
+        return copy.deepcopy(self).added(sequences)
 
     @property
     def shared(self) -> bool:
