@@ -175,9 +175,12 @@ def main() -> None:
     args = parser.parse_args()
     record = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     for extra in args.merge:
-        rows = json.loads(extra.read_text())["rows"]
-        names = {r["run"] for r in rows}
-        record["rows"] = [r for r in record["rows"] if r["run"] not in names] + rows
+        part = json.loads(extra.read_text())
+        names = {r["run"] for r in part["rows"]}
+        record["rows"] = [r for r in record["rows"] if r["run"] not in names] + part["rows"]
+        record.setdefault("parts", []).append(
+            {"file": extra.name, **{k: v for k, v in part.items() if k != "rows"}}
+        )
     if not args.report_only:
         if args.runs is None:
             parser.error("--runs is required unless --report-only")
