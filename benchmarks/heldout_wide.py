@@ -62,7 +62,11 @@ def wide_problems(config: Any, per_level: int, levels: list[int]) -> list[Proble
 
 
 def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dict[str, Any]:
-    config = load_config(file=run / "config.yaml", overrides=[f"model.threads={threads}"])
+    # vLLM serves a saved model by itself; a run trained on the HF engine is scored on vLLM too (its rescored
+    # own evaluation then shows how far the two engines' greedy answers differ).
+    config = load_config(
+        file=run / "config.yaml", overrides=[f"model.threads={threads}", "rollout.engine=vllm"]
+    )
     _, own_eval = load_problem_splits(config)
     problems = wide_problems(config, per_level, levels)
     final = run / "final"
