@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from verdict import paired_with_grpo, pm
 
 from masa.config import load_config
 from masa.data.arithmetic import make_arithmetic_problems
@@ -36,17 +37,15 @@ from masa.models import cpu_has_fast_bf16, cpu_name, load_tokenizer
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE
 from masa.rollout import build_engine
 from masa.rollout.types import SamplingParams
+from masa.runfiles import write_text
 from masa.trainer import load_problem_splits
 
 # Fresh problems are drawn from their own stream, apart from every seed's training and evaluation draws.
 WIDE_SEED_OFFSET = 1_000_003
 
 
-def wide_problems(config: Any, per_level: int, levels: list[int]) -> list[Problem]:
-    """``per_level`` distinct problems of each level that the seed's training and evaluation splits lack."""
-    train, evaluation = load_problem_splits(config)
-    seen = {p.prompt for p in [*train, *evaluation]}
-    seed = config.train.seed
+def wide_problems(seed: int, seen: set[str], per_level: int, levels: list[int]) -> list[Problem]:
+    """``per_level`` distinct problems of each level whose prompts are not in ``seen`` (the seed's splits)."""
     chosen: list[Problem] = []
     for level in levels:
         fresh: dict[str, Problem] = {}
@@ -67,8 +66,8 @@ def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dic
     config = load_config(
         file=run / "config.yaml", overrides=[f"model.threads={threads}", "rollout.engine=vllm"]
     )
-    _, own_eval = load_problem_splits(config)
-    problems = wide_problems(config, per_level, levels)
+    train, own_eval = load_problem_splits(config)
+    problems = wide_problems(config.train.seed, {p.prompt for p in [*train, *own_eval]}, per_level, levels)
     final = run / "final"
     tokenizer = load_tokenizer(str(final))
     engine = build_engine(
@@ -115,11 +114,15 @@ def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dic
     }
 
 
+def wide_accuracy(row: dict[str, Any]) -> float:
+    return row["wide_accuracy"]
+
+
 def report(rows: list[dict[str, Any]]) -> list[str]:
     by_arm: dict[str, dict[int, dict[str, Any]]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[row["seed"]] = row
-    grpo = by_arm.get("grpo", {})
+    pairs = paired_with_grpo({arm: list(seeds.values()) for arm, seeds in by_arm.items()}, wide_accuracy)
     levels = sorted({level for row in rows for level in row["wide_by_level"]})
     lines = [
         "| arm | seeds | wide accuracy | "
@@ -134,30 +137,24 @@ def report(rows: list[dict[str, Any]]) -> list[str]:
             statistics.fmean(r["wide_by_level"][level] for r in runs if level in r["wide_by_level"])
             for level in levels
         ]
-        pairs = [
-            100 * (seeds[s]["wide_accuracy"] - grpo[s]["wide_accuracy"]) for s in sorted(seeds) if s in grpo
-        ]
         paired = "–"
-        if arm != "grpo" and pairs:
-            se = statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else 0.0
+        if arm in pairs:
+            diff = pairs[arm]
             paired = (
-                f"{statistics.fmean(pairs):+.1f} ± {se:.1f} (" + ", ".join(f"{d:+.1f}" for d in pairs) + ")"
+                f"{diff['mean']:+.1f} ± {diff['se'] or 0.0:.1f} ("
+                + ", ".join(f"{d:+.1f}" for d in diff["differences"])
+                + ")"
             )
         agree = sum(
             r["own_eval_logged"] is not None and abs(r["own_eval_logged"] - r["own_eval_accuracy"]) < 1e-9
             for r in runs
         )
         lines.append(
-            f"| {arm} | {len(runs)} | {_pm(wide)} | "
+            f"| {arm} | {len(runs)} | {pm(wide)} | "
             + " | ".join(f"{v:.3f}" for v in per_level)
             + f" | {paired} | {agree} of {len(runs)} equal |"
         )
     return lines
-
-
-def _pm(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
 
 
 def main() -> None:
@@ -178,6 +175,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     record = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    if not args.report_only:
+        record["machine"] = f"{cpu_name()}, bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"
+        record["command"] = " ".join(["python", *sys.argv])
     for extra in args.merge:
         part = json.loads(extra.read_text())
         names = {r["run"] for r in part["rows"]}
@@ -197,18 +197,10 @@ def main() -> None:
             # Each run is written as soon as it is scored, aside and renamed. Processes running at once each
             # get their own --out; --merge joins them.
             record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
-            record["machine"] = f"{cpu_name()}, bf16 {'yes' if cpu_has_fast_bf16() else 'no'}"
-            record["command"] = " ".join(["python", *sys.argv])
-            _write(args.out, record)
+            write_text(args.out, json.dumps(record, indent=2))
     if args.merge:
-        _write(args.out, record)
+        write_text(args.out, json.dumps(record, indent=2))
     print("\n".join(report(record["rows"])))
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

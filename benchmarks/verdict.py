@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import yaml
 from former_defaults import BEFORE_S14, PAPER_REASONED
 
 from masa.config import MetaConfig
+from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
 # "New" is masa's defaults: the compact meta prompt and the JSON alone (masa-json-compact) under the new
@@ -424,16 +426,21 @@ def weights_digest(run_dir: Path) -> str | None:
     return digest.hexdigest()
 
 
-def paired_with_grpo(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
-    """Each arm's final accuracy minus GRPO's of the same seed, in points, over the seeds both have."""
-    grpo = {r["seed"]: r["evals"][-1]["accuracy"] for r in by_arm.get("grpo", [])}
+def final_accuracy(run: dict) -> float:
+    return run["evals"][-1]["accuracy"]
+
+
+def paired_with_grpo(
+    by_arm: dict[str, list[dict]], accuracy: Callable[[dict], float] = final_accuracy
+) -> dict[str, dict[str, Any]]:
+    """Each arm's ``accuracy`` (its final one by default) minus GRPO's of the same seed, in points, over
+    the seeds both have."""
+    grpo = {r["seed"]: accuracy(r) for r in by_arm.get("grpo", [])}
     out = {}
     for arm, rs in by_arm.items():
         if arm == "grpo":
             continue
-        pairs = [
-            (r["seed"], 100 * (r["evals"][-1]["accuracy"] - grpo[r["seed"]])) for r in rs if r["seed"] in grpo
-        ]
+        pairs = [(r["seed"], 100 * (accuracy(r) - grpo[r["seed"]])) for r in rs if r["seed"] in grpo]
         if not pairs:
             continue
         differences = [d for _, d in pairs]
@@ -739,9 +746,7 @@ def write_html(path: Path, png: Path, tables: str, runs: list[dict]) -> None:
         f"<pre>{html.escape(tables)}</pre><h2>Commands</h2><pre>{html.escape(chr(10).join(commands))}</pre>"
         "</body></html>"
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_text(path, page)
 
 
 def _mean_time(rs: list[dict], step: int) -> float:
@@ -749,9 +754,7 @@ def _mean_time(rs: list[dict], step: int) -> float:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2))
 
 
 def main() -> None:
