@@ -1,10 +1,14 @@
 """Micro-batches capped by sequences and by forward tokens, as many on every rank."""
 
+import contextlib
+import copy
 import random
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import masa.update
 from masa.distributed import Ranks
 from masa.update import (
     TrainSequence,
@@ -114,3 +118,54 @@ def test_a_token_cap_changes_the_passes_not_the_update(tiny):
         forwards.append(len(calls))
     assert forwards[0] == 2 and forwards[1] > 2  # one forward per kind, then the cap splits them
     torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=1e-5)
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts autocast's float32 -> bfloat16 copies of tensors shaped like one weight."""
+
+    def __init__(self, shape: torch.Size):
+        super().__init__()
+        self.shape, self.count = shape, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (
+            func is torch.ops.aten._to_copy.default
+            and args[0].dtype == torch.float32
+            and kwargs.get("dtype") == torch.bfloat16
+            and args[0].shape == self.shape
+        ):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def _bf16_update(model, sequences, settings, monkeypatch=None):
+    policy = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    weight = policy.model.layers[0].mlp.down_proj.weight
+    casts = _WeightCasts(weight.shape)
+    with casts:
+        policy_update(
+            policy, optimizer, scheduler, sequences, settings, pad_id=0, autocast_dtype=torch.bfloat16
+        )
+    return policy, casts.count
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_micro_batches_of_one_optimiser_step_cast_the_weights_once(tiny, monkeypatch, steps):
+    """Under bf16 autocast each weight is cast once per optimiser step, not once per micro-batch, and the
+    update is the same to the bit."""
+    model, _ = tiny
+    sequences = _group([1, 2, 3, 4], [3, 5, 2, 4, 3, 6])
+    layers = len(model.model.layers)  # every layer's down_proj has the counted shape
+    settings = UpdateSettings(micro_batch_sequences=2 // steps, mini_batches=steps)  # 3 micro-batches a step
+    kept, kept_casts = _bf16_update(model, sequences, settings)
+    monkeypatch.setattr(masa.update, "_weight_casts_kept", lambda *_, **__: contextlib.nullcontext())
+    recast, recast_casts = _bf16_update(model, sequences, settings)
+    # With two optimiser steps the old log-probs take a forward of their own first (one cast per weight).
+    old_logprobs = 0 if steps == 1 else 1
+    assert kept_casts == layers * (steps + old_logprobs)
+    assert recast_casts == layers * (3 * steps + old_logprobs)
+    for (name, a), b in zip(kept.named_parameters(), recast.parameters(), strict=True):
+        assert torch.equal(a, b), name

@@ -141,6 +141,31 @@ def test_expert_target_rides_with_meta_rows_of_its_prompt(tiny):
         torch.testing.assert_close(mixed[name], grad, atol=1e-5, rtol=0, msg=name)
 
 
+def test_expert_target_without_active_meta_rows_still_rides_in_the_meta_micro_batch(tiny):
+    """An expert target whose meta group had no signal (or a buffered one, of another problem) runs in the
+    meta micro-batch too instead of a forward and backward of its own, with the same gradient."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(1)
+    lone = TrainSequence(
+        [1, 71, 72, 73, 74], torch.randint(3, 500, (6,), generator=g).tolist(), 0.0, kind="expert"
+    )
+    sequences = [*_sequences(), lone]
+    seen: list[int] = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(args[0].numel()))
+    try:
+        mixed, mixed_log = _update(model, sequences, prefix_sharing=True)
+        mixed_passes, seen[:] = len(seen), []
+        apart, apart_log = _update(model, sequences, prefix_sharing=True, grad_stats=True)
+        apart_passes = len(seen)
+    finally:
+        handle.remove()
+    assert (mixed_passes, apart_passes) == (2, 3)
+    for key in ("update/loss", "update/loss_meta", "update/loss_expert", "update/loss_solution"):
+        assert mixed_log[key] == pytest.approx(apart_log[key], abs=1e-6), key
+    for name, grad in apart.items():
+        torch.testing.assert_close(mixed[name], grad, atol=1e-5, rtol=0, msg=name)
+
+
 def test_pack_shares_identical_prompts_only():
     sequences = [
         TrainSequence([5, 6, 7], [8], 1.0),

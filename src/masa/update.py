@@ -7,6 +7,7 @@ token-mean of its own kind, so the share of the update a kind gets is its weight
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -730,8 +731,8 @@ def policy_update(
             if scales[i] > 0 and (sequences[i].has_signal or (with_kl and sequences[i].kind != "expert"))
         ]
         # Micro-batches hold one kind each (similar prompts pad less; per-kind gradients can be read), except
-        # that an expert target whose prompt a meta row has joins that row: its prompt is then forwarded once
-        # for both. With prefix sharing, a prompt's completions sit together to share one prompt pass.
+        # that expert targets, which have meta prompts, run with the meta rows (see _lanes). With prefix
+        # sharing, a prompt's completions sit together to share one prompt pass.
         lanes = _lanes(sequences, active, share=settings.prefix_sharing and not grad_stats)
         active.sort(
             key=lambda i: (
@@ -813,47 +814,50 @@ def policy_update(
                 skipped += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
-            for position, key in enumerate(micro):
-                started = time.perf_counter()
-                batch = packed[key]
-                kind = lane(key)
-                expert = expert_rows(key)
-                with autocast_context(device.type, autocast_dtype):
-                    logprobs = token_logprobs(model, batch)
-                parts: dict[str, torch.Tensor] = {}
-                if is_rl(key):
-                    if reuse_current and gap is not None:
-                        is_weights[key] = gap.weigh(logprobs, batch, standin=key in standins)
-                    parts[kind], stats = clipped_policy_loss(
-                        logprobs,
-                        logprobs.detach() if reuse_current else old[key],
-                        batch.advantages,
-                        batch.completion_mask * ~expert.unsqueeze(-1),
-                        clip_low=settings.clip_low,
-                        clip_high=settings.clip_high,
-                        normaliser=1.0,
-                        token_weights=weights[key],
-                        ref_logprobs=ref.get(key),
-                        kl_coef=settings.kl_coef,
-                        is_weights=is_weights.get(key),
-                    )
-                    if key not in standins:
-                        for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
-                            totals[name] += getattr(stats, name)
-                        rl_micro_steps += 1
-                if bool(expert.any()):
-                    # Cross-entropy on the target tokens, weighted and normalised like any other kind.
-                    rows = weights[key] * expert
-                    parts["expert"] = -(logprobs * batch.completion_mask * rows.unsqueeze(-1)).sum()
-                loss = sum(parts.values())
-                loss.backward()
-                kind_seconds[kind] += time.perf_counter() - started
-                totals["loss"] += float(loss.detach())
-                for part_kind, part in parts.items():
-                    kind_losses[part_kind] += float(part.detach())
-                last_of_kind = position + 1 == len(micro) or lane(micro[position + 1]) != kind
-                if by_kind is not None and last_of_kind:
-                    by_kind.close_kind(kind)
+            # The micro-batches of one optimiser step see the same weights, so they share one low-precision
+            # copy of them (see _weight_casts_kept).
+            with _weight_casts_kept(device.type, autocast_dtype, sharded=ranks.world > 1):
+                for position, key in enumerate(micro):
+                    started = time.perf_counter()
+                    batch = packed[key]
+                    kind = lane(key)
+                    expert = expert_rows(key)
+                    with autocast_context(device.type, autocast_dtype):
+                        logprobs = token_logprobs(model, batch)
+                    parts: dict[str, torch.Tensor] = {}
+                    if is_rl(key):
+                        if reuse_current and gap is not None:
+                            is_weights[key] = gap.weigh(logprobs, batch, standin=key in standins)
+                        parts[kind], stats = clipped_policy_loss(
+                            logprobs,
+                            logprobs.detach() if reuse_current else old[key],
+                            batch.advantages,
+                            batch.completion_mask * ~expert.unsqueeze(-1),
+                            clip_low=settings.clip_low,
+                            clip_high=settings.clip_high,
+                            normaliser=1.0,
+                            token_weights=weights[key],
+                            ref_logprobs=ref.get(key),
+                            kl_coef=settings.kl_coef,
+                            is_weights=is_weights.get(key),
+                        )
+                        if key not in standins:
+                            for name in ("clip_low_fraction", "clip_high_fraction", "approx_kl", "ref_kl"):
+                                totals[name] += getattr(stats, name)
+                            rl_micro_steps += 1
+                    if bool(expert.any()):
+                        # Cross-entropy on the target tokens, weighted and normalised like any other kind.
+                        rows = weights[key] * expert
+                        parts["expert"] = -(logprobs * batch.completion_mask * rows.unsqueeze(-1)).sum()
+                    loss = sum(parts.values())
+                    loss.backward()
+                    kind_seconds[kind] += time.perf_counter() - started
+                    totals["loss"] += float(loss.detach())
+                    for part_kind, part in parts.items():
+                        kind_losses[part_kind] += float(part.detach())
+                    last_of_kind = position + 1 == len(micro) or lane(micro[position + 1]) != kind
+                    if by_kind is not None and last_of_kind:
+                        by_kind.close_kind(kind)
             if by_kind is not None:
                 grad_log = by_kind.metrics()
                 by_kind = None
@@ -894,15 +898,12 @@ def policy_update(
 
 
 def _lanes(sequences: Sequence[TrainSequence], active: Sequence[int], *, share: bool) -> dict[int, str]:
-    """The kind of micro-batch each active row runs in: its own, or ``meta`` for an expert target whose
-    prompt an active meta row has (with ``share``)."""
-    meta_prompts = {tuple(sequences[i].prompt_ids) for i in active if sequences[i].kind == "meta"}
-    return {
-        i: "meta"
-        if share and sequences[i].kind == "expert" and tuple(sequences[i].prompt_ids) in meta_prompts
-        else sequences[i].kind
-        for i in active
-    }
+    """The kind of micro-batch each active row runs in: its own, or (with ``share``) ``meta`` for every expert
+    target. One whose prompt an active meta row has shares that row's prompt pass; the others (their meta
+    group was constant, or the target is buffered) still save a forward and backward of their own: in a
+    training run such a micro-batch of one or two short rows cost about 0.7 s more than the rows did with
+    the meta ones (benchmarks/README.md)."""
+    return {i: "meta" if share and sequences[i].kind == "expert" else sequences[i].kind for i in active}
 
 
 def _rank_micro_batches(
@@ -983,6 +984,23 @@ def _prompt_runs(rows: list[int], sequences: Sequence[TrainSequence], share_prom
         else:
             runs.append([row])
     return runs
+
+
+def _weight_casts_kept(
+    device_type: str, dtype: torch.dtype | None, *, sharded: bool
+) -> contextlib.AbstractContextManager:
+    """A region in which autocast keeps its low-precision copy of each weight it casts.
+
+    Autocast drops its casts when the outermost autocast region exits, so each micro-batch's forward would
+    cast every weight again: on a CPU a fixed cost of about 0.1 s per forward of the 135M model, whatever
+    the micro-batch holds. Inside this (disabled) region the micro-batches' own autocast regions are nested,
+    so the casts outlive them; the region must close before the optimiser changes the weights. Sharded
+    weights are gathered one layer at a time precisely so that they are not all held at once; keeping their
+    casts would hold them all, so then nothing is kept.
+    """
+    if dtype is None or sharded:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype, enabled=False)
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
