@@ -900,9 +900,9 @@ def policy_update(
 def _lanes(sequences: Sequence[TrainSequence], active: Sequence[int], *, share: bool) -> dict[int, str]:
     """The kind of micro-batch each active row runs in: its own, or (with ``share``) ``meta`` for every expert
     target. One whose prompt an active meta row has shares that row's prompt pass; the others (their meta
-    group was constant, or the target is buffered) still save a forward and backward of their own: in a
-    training run such a micro-batch of one or two short rows cost about 0.7 s more than the rows did with
-    the meta ones (benchmarks/README.md)."""
+    group was constant, or the target is buffered) still save a forward and backward of their own: a lone
+    expert row cost 1.3 s on one CPU core, three quarters of a micro-batch of five meta rows
+    (benchmarks/README.md)."""
     return {i: "meta" if share and sequences[i].kind == "expert" else sequences[i].kind for i in active}
 
 
@@ -992,8 +992,8 @@ def _weight_casts_kept(
     """A region in which autocast keeps its low-precision copy of each weight it casts.
 
     Autocast drops its casts when the outermost autocast region exits, so each micro-batch's forward would
-    cast every weight again: on a CPU a fixed cost of about 0.1 s per forward of the 135M model, whatever
-    the micro-batch holds. Inside this (disabled) region the micro-batches' own autocast regions are nested,
+    cast every weight again (0.0-0.5 s per micro-batch of the 135M model on one CPU core, whatever it holds:
+    benchmarks/README.md). Inside this (disabled) region the micro-batches' own autocast regions are nested,
     so the casts outlive them; the region must close before the optimiser changes the weights. Sharded
     weights are gathered one layer at a time precisely so that they are not all held at once; keeping their
     casts would hold them all, so then nothing is kept.
