@@ -117,12 +117,22 @@ def test_shared_update_forwards_each_prompt_once(tiny):
     assert shared_tokens < unshared_tokens
 
 
-def test_expert_target_rides_with_meta_rows_of_its_prompt(tiny):
-    """An expert target on a meta prompt joins the meta micro-batch (one pass of the prompt for both) with
-    the same gradient and the same per-kind losses as in a micro-batch of its own, which is what a step
-    that logs per-kind gradients runs."""
+def _lone_expert_target() -> TrainSequence:
+    """An expert target whose prompt no meta row has (its meta group had no signal, or it was buffered)."""
+    g = torch.Generator().manual_seed(1)
+    return TrainSequence(
+        [1, 71, 72, 73, 74], torch.randint(3, 500, (6,), generator=g).tolist(), 0.0, kind="expert"
+    )
+
+
+@pytest.mark.parametrize("lone_target", [False, True], ids=["with its meta rows", "and a lone target"])
+def test_expert_targets_ride_in_the_meta_micro_batch(tiny, lone_target):
+    """Expert targets join the meta micro-batch (one on a meta row's prompt shares its prompt pass; one
+    without meta rows still saves a forward and backward of its own) with the same gradient and the same
+    per-kind losses as in a micro-batch of their own, which is what a step that logs per-kind gradients
+    runs."""
     model, _ = tiny
-    sequences = _sequences()
+    sequences = [*_sequences(), _lone_expert_target()] if lone_target else _sequences()
     seen: list[int] = []
     handle = model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(args[0].numel()))
     try:
@@ -137,31 +147,6 @@ def test_expert_target_rides_with_meta_rows_of_its_prompt(tiny):
         assert mixed_log[key] == pytest.approx(apart_log[key], abs=1e-6), key
     assert mixed_log["update/loss_expert"] > 0
     assert "grad/norm_expert" in apart_log
-    for name, grad in apart.items():
-        torch.testing.assert_close(mixed[name], grad, atol=1e-5, rtol=0, msg=name)
-
-
-def test_expert_target_without_active_meta_rows_still_rides_in_the_meta_micro_batch(tiny):
-    """An expert target whose meta group had no signal (or a buffered one, of another problem) runs in the
-    meta micro-batch too instead of a forward and backward of its own, with the same gradient."""
-    model, _ = tiny
-    g = torch.Generator().manual_seed(1)
-    lone = TrainSequence(
-        [1, 71, 72, 73, 74], torch.randint(3, 500, (6,), generator=g).tolist(), 0.0, kind="expert"
-    )
-    sequences = [*_sequences(), lone]
-    seen: list[int] = []
-    handle = model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(args[0].numel()))
-    try:
-        mixed, mixed_log = _update(model, sequences, prefix_sharing=True)
-        mixed_passes, seen[:] = len(seen), []
-        apart, apart_log = _update(model, sequences, prefix_sharing=True, grad_stats=True)
-        apart_passes = len(seen)
-    finally:
-        handle.remove()
-    assert (mixed_passes, apart_passes) == (2, 3)
-    for key in ("update/loss", "update/loss_meta", "update/loss_expert", "update/loss_solution"):
-        assert mixed_log[key] == pytest.approx(apart_log[key], abs=1e-6), key
     for name, grad in apart.items():
         torch.testing.assert_close(mixed[name], grad, atol=1e-5, rtol=0, msg=name)
 
