@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from verdict import paired_with_grpo, pm
+from verdict import paired_with_grpo, pm, write_json
 
 from masa.config import load_config
 from masa.data.arithmetic import make_arithmetic_problems
@@ -37,7 +37,6 @@ from masa.models import cpu_has_fast_bf16, cpu_name, load_tokenizer
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE
 from masa.rollout import build_engine
 from masa.rollout.types import SamplingParams
-from masa.runfiles import write_text
 from masa.trainer import load_problem_splits
 
 # Fresh problems are drawn from their own stream, apart from every seed's training and evaluation draws.
@@ -197,9 +196,9 @@ def main() -> None:
             # Each run is written as soon as it is scored, aside and renamed. Processes running at once each
             # get their own --out; --merge joins them.
             record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
-            write_text(args.out, json.dumps(record, indent=2))
+            write_json(args.out, record)
     if args.merge:
-        write_text(args.out, json.dumps(record, indent=2))
+        write_json(args.out, record)
     print("\n".join(report(record["rows"])))
 
 

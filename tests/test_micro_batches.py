@@ -139,7 +139,7 @@ class _WeightCasts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _bf16_update(model, sequences, settings, monkeypatch=None):
+def _bf16_update(model, sequences, settings):
     policy = copy.deepcopy(model)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
