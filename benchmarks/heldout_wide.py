@@ -14,6 +14,17 @@ also scores the run's own evaluation set and sets that beside the accuracy the r
 Levels 2-4 by default: a training split of 4000 holds all of level 1 (100 problems in all), and on level 5
 the embedded model stays near 0 whatever it was trained with, so those problems would cost time and tell
 nothing apart.
+
+With ``--meta`` it measures instead how well each final model predicts its own pass rate on fresh problems
+(``--meta-per-level`` of each of ``--meta-levels``, the same levels by default), with ``masa eval --meta``
+at its own sample counts (8 solutions and 8 meta answers per problem). The verdict's in-run evaluation asks
+4 and 4 on 30 problems of the ``arithmetic`` benchmark, which is held out only from seed 0 at the default
+evaluation size: a run of another seed trained on up to half of them, and both counts are noisy enough to
+pull a Pearson towards 0. Beside the model's predictions it scores the best a prediction from the level
+alone could do: each problem's level's mean pass rate, taken from the same samples. ``--base`` adds the
+untrained model, asked on each GRPO run's problems.
+
+    .venv-vllm/bin/python benchmarks/heldout_wide.py --meta --base --runs RESULTS/runs --out RESULTS_meta.json
 """
 
 from __future__ import annotations
@@ -27,16 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from verdict import paired_with_grpo, pm, write_json
+from verdict import meta_eval, meta_style, paired_with_grpo, pm, write_json
 
 from masa.config import load_config
 from masa.data.arithmetic import make_arithmetic_problems
 from masa.data.problem import Problem
 from masa.eval.heldout import heldout_accuracy
+from masa.eval.meta_metrics import pearson
 from masa.models import cpu_has_fast_bf16, cpu_name, load_tokenizer
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE
 from masa.rollout import build_engine
 from masa.rollout.types import SamplingParams
+from masa.runfiles import write_text
 from masa.trainer import load_problem_splits
 
 # Fresh problems are drawn from their own stream, apart from every seed's training and evaluation draws.
@@ -113,6 +126,85 @@ def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dic
     }
 
 
+def score_meta(run: Path, model: str, arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``masa eval --meta`` of ``model`` on the fresh problems of ``run``'s seed, asked as ``arm`` is."""
+    config = load_config(file=run / "config.yaml")
+    train, own_eval = load_problem_splits(config)
+    seed = config.train.seed
+    seen = {p.prompt for p in [*train, *own_eval]}
+    problems = wide_problems(seed, seen, args.meta_per_level, args.meta_levels)
+    name = f"{arm}-s{seed}"
+    folder = args.out.with_suffix("")
+    problems_file = folder / f"{name}.problems.jsonl"
+    write_text(
+        problems_file,
+        "".join(
+            json.dumps({"id": p.id, "prompt": p.prompt, "answer": p.answer, **p.metadata}) + "\n"
+            for p in problems
+        ),
+    )
+    args.meta_eval_limit = len(problems)
+    style = meta_style(arm, run, args)
+    started = time.perf_counter()
+    result = meta_eval(model, folder / name, args, style, benchmark=str(problems_file))
+    rows = [json.loads(line) for line in next((folder / name).glob("*/problems.jsonl")).open()]
+    return {
+        "run": name,
+        "arm": arm,
+        "seed": seed,
+        "model": model,
+        "pearson_level_baseline": level_baseline_pearson(rows),
+        "meta_prompt": list(style),
+        "meta_levels": args.meta_levels,
+        **result,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def level_baseline_pearson(rows: list[dict[str, Any]]) -> float | None:
+    """The Pearson of predicting each problem's pass rate as its level's mean: what the level alone tells,
+    fitted on the very samples it is scored on (so a bound no prediction from the level can beat)."""
+    by_level: dict[int, list[float]] = {}
+    for row in rows:
+        by_level.setdefault(row["difficulty"], []).append(row["c"] / row["n"])
+    level_mean = {level: statistics.fmean(rates) for level, rates in by_level.items()}
+    return pearson([level_mean[r["difficulty"]] for r in rows], [r["c"] / r["n"] for r in rows])
+
+
+def meta_report(rows: list[dict[str, Any]]) -> list[str]:
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], {})[row["seed"]] = row
+    columns = ["pass@1", "parse_rate", "pearson", "pearson_expected", "pearson_level_baseline", "mae"]
+    lines = [
+        "| arm | seeds | " + " | ".join(columns) + " | Pearson minus GRPO's, same seed | minus base's |",
+        "|---|---|" + "---|" * len(columns) + "---|---|",
+    ]
+    order = {"base": 0, "grpo": 1}
+    for arm, seeds in sorted(by_arm.items(), key=lambda item: (order.get(item[0], 2), item[0])):
+        runs = [seeds[s] for s in sorted(seeds)]
+        paired = [_paired(runs, by_arm.get(other, {})) if arm != other else "–" for other in ("grpo", "base")]
+        lines.append(
+            f"| {arm} | {len(runs)} | "
+            + " | ".join(pm([r[c] for r in runs]) for c in columns)
+            + f" | {paired[0]} | {paired[1]} |"
+        )
+    return lines
+
+
+def _paired(runs: list[dict[str, Any]], other: dict[int, dict[str, Any]]) -> str:
+    """The mean ± SE over seeds of a run's sampled Pearson minus the other arm's on the same problems."""
+    differences = [
+        r["pearson"] - other[r["seed"]]["pearson"]
+        for r in runs
+        if r["seed"] in other and r["pearson"] is not None and other[r["seed"]]["pearson"] is not None
+    ]
+    if len(differences) < 2:
+        return "–"
+    se = statistics.stdev(differences) / len(differences) ** 0.5
+    return f"{statistics.fmean(differences):+.2f} ± {se:.2f} ({len(differences)} seeds)"
+
+
 def wide_accuracy(row: dict[str, Any]) -> float:
     return row["wide_accuracy"]
 
@@ -165,6 +257,20 @@ def main() -> None:
     parser.add_argument("--per-level", type=int, default=100)
     parser.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--meta", action="store_true", help="meta-awareness instead of accuracy")
+    parser.add_argument("--meta-per-level", type=int, default=34)
+    parser.add_argument("--meta-levels", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--base", action="store_true", help="with --meta: also the untrained model")
+    # What verdict.meta_eval reads: masa eval's own sample counts, the training's temperature and limit.
+    parser.add_argument("--meta-eval-n", type=int, default=8)
+    parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
+    parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--meta-eval-prompt", default="compact", help="the prompt GRPO and base are asked with"
+    )
+    parser.add_argument("--meta-eval-reasoning", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--meta-eval-notions", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--engine", default="vllm")
     parser.add_argument(
         "--out", type=Path, required=True, help="results JSON; scored runs are kept across calls"
     )
@@ -191,15 +297,23 @@ def main() -> None:
             p.parent for p in args.runs.glob("*/final") if not args.only or p.parent.name in args.only
         )
         for run in runs:
-            row = score_run(run, args.per_level, args.levels, args.threads)
-            print(json.dumps(row), flush=True)
-            # Each run is written as soon as it is scored, aside and renamed. Processes running at once each
-            # get their own --out; --merge joins them.
-            record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
-            write_json(args.out, record)
+            arm = run.name.rsplit("-s", 1)[0]
+            if not args.meta:
+                scored = [score_run(run, args.per_level, args.levels, args.threads)]
+            else:
+                scored = [score_meta(run, str(run / "final"), arm, args)]
+                if args.base and arm == "grpo":
+                    base = load_config(file=run / "config.yaml").model.name
+                    scored.append(score_meta(run, base, "base", args))
+            for row in scored:
+                print(json.dumps(row), flush=True)
+                # Each run is written as soon as it is scored, aside and renamed. Processes running at once
+                # each get their own --out; --merge joins them.
+                record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
+                write_json(args.out, record)
     if args.merge:
         write_json(args.out, record)
-    print("\n".join(report(record["rows"])))
+    print("\n".join((meta_report if args.meta else report)(record["rows"])))
 
 
 if __name__ == "__main__":

@@ -175,9 +175,16 @@ def run_meta_eval(arm: str, run: Path, args: argparse.Namespace) -> dict[str, An
     """`meta_eval` of a finished run's final model. A MASA model is asked with the meta prompt it was trained
     on; GRPO (and the base model) with the one --meta-eval-prompt names, so all of them answer the same
     question."""
+    return meta_eval(run / "final", run / "meta_eval", args, meta_style(arm, run, args))
+
+
+def meta_style(arm: str, run: Path, args: argparse.Namespace) -> tuple[str, bool]:
+    """The meta prompt and reasoning a run's model is asked with: its training's for a MASA arm, and
+    --meta-eval-prompt's for GRPO."""
+    if arm == "grpo":
+        return _eval_prompt(args)
     meta = yaml.safe_load((run / "config.yaml").read_text())["meta"]
-    style = (meta["prompt"], meta["reasoning"]) if arm != "grpo" else _eval_prompt(args)
-    return meta_eval(run / "final", run / "meta_eval", args, style)
+    return meta["prompt"], meta["reasoning"]
 
 
 def redo_meta_eval(arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -198,14 +205,18 @@ def _eval_prompt(args: argparse.Namespace) -> tuple[str, bool]:
 
 
 def meta_eval(
-    model: Path | str, out: Path, args: argparse.Namespace, style: tuple[str, bool]
+    model: Path | str,
+    out: Path,
+    args: argparse.Namespace,
+    style: tuple[str, bool],
+    benchmark: str = "arithmetic",
 ) -> dict[str, Any]:
     """`masa eval --meta` with the training settings (solution limit, temperature, meta prompt) on
-    held-out problems."""
+    held-out problems: the first --meta-eval-limit of ``benchmark`` (a name or a problems file)."""
     shutil.rmtree(out, ignore_errors=True)
     prompt, reasoning = style
     command = [
-        sys.executable, "-m", "masa.cli", "eval", str(model), "--benchmark", "arithmetic", "--out", str(out),
+        sys.executable, "-m", "masa.cli", "eval", str(model), "--benchmark", benchmark, "--out", str(out),
         "--meta", "--n", str(args.meta_eval_n), "--k", "1", "--meta-n", str(args.meta_eval_n),
         "--temperature", str(args.meta_eval_temperature), "--max-tokens", str(args.meta_eval_max_tokens),
         "--limit", str(args.meta_eval_limit), "--seed", "0", "--engine", args.engine,
@@ -213,7 +224,7 @@ def meta_eval(
         *([] if args.meta_eval_notions else ["--meta-no-notions"]),
     ]  # fmt: skip
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)})
-    result = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
+    result = next(iter(json.loads((out / "results.json").read_text())["benchmarks"].values()))
     meta = result["meta"]
     gate = next(g for g in meta["gating"] if abs(g["sigma"] - GATE_SIGMA) < 1e-9)
     gate_expected = next(
@@ -225,9 +236,11 @@ def meta_eval(
         "pass@1": result["pass_at_k"]["1"]["mean"],
         "parse_rate": meta["parse_rate"],
         "pearson": meta["pass_rate"]["pearson"],
+        "spearman": meta["pass_rate"]["spearman"],
         "mae": meta["pass_rate"]["mae"],
         # The same predictions read as the model's expected count (masa.meta.readout).
         "pearson_expected": expected.get("pearson"),
+        "spearman_expected": expected.get("spearman"),
         "mae_expected": expected.get("mae"),
         "expected_readout_rate": meta.get("expected_readout_rate"),
         "gate_expected": {
