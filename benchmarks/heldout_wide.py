@@ -147,35 +147,82 @@ def score_meta(run: Path, model: str, arm: str, args: argparse.Namespace) -> dic
     style = meta_style(arm, run, args)
     started = time.perf_counter()
     result = meta_eval(model, folder / name, args, style, benchmark=str(problems_file))
-    rows = [json.loads(line) for line in next((folder / name).glob("*/problems.jsonl")).open()]
     return {
         "run": name,
         "arm": arm,
         "seed": seed,
         "model": model,
-        "pearson_level_baseline": level_baseline_pearson(rows),
         "meta_prompt": list(style),
         "meta_levels": args.meta_levels,
         **result,
+        **beyond_level(folder / name),
+        "eval_dir": str(folder / name),
         "seconds": time.perf_counter() - started,
     }
 
 
-def level_baseline_pearson(rows: list[dict[str, Any]]) -> float | None:
-    """The Pearson of predicting each problem's pass rate as its level's mean: what the level alone tells,
-    fitted on the very samples it is scored on (so a bound no prediction from the level can beat)."""
+def beyond_level(eval_dir: Path) -> dict[str, Any]:
+    """What the predictions tell beyond each problem's level, from an evaluation's saved rows.
+
+    ``pearson_level_baseline`` predicts each problem's pass rate as its level's mean pass rate, fitted on the
+    very samples it is scored on: no prediction made from the level alone correlates better. The
+    within-level Pearsons correlate prediction and pass rate after each has its level's mean subtracted:
+    whether the model tells the problems of one level apart. ``pearson_n``: problems with a parsed pass rate.
+    """
+    rows = [json.loads(line) for line in next(eval_dir.glob("*/problems.jsonl")).open()]
+    scale = json.loads((eval_dir / "results.json").read_text())["settings"]["pass_rate_scale"]
+    actual = [row["c"] / row["n"] for row in rows]
+    levels = [row["difficulty"] for row in rows]
+    out: dict[str, Any] = {"pearson_level_baseline": pearson(_level_means(actual, levels), actual)}
+    for key, name in (
+        ("pass_rate", "pearson_within_level"),
+        ("expected_pass_rate", "pearson_within_level_expected"),
+    ):
+        # Sampled counts are stored out of the scale, expected ones as fractions already.
+        divisor = scale if key == "pass_rate" else 1
+        predicted = [_mean_prediction(row["meta"], key, divisor) for row in rows]
+        kept = [i for i, value in enumerate(predicted) if value is not None]
+        if key == "pass_rate":
+            out["pearson_n"] = len(kept)
+        kept_levels = [levels[i] for i in kept]
+        pred = [predicted[i] for i in kept]
+        act = [actual[i] for i in kept]
+        pred_means, act_means = _level_means(pred, kept_levels), _level_means(act, kept_levels)
+        out[name] = pearson(
+            [p - m for p, m in zip(pred, pred_means, strict=True)],
+            [a - m for a, m in zip(act, act_means, strict=True)],
+        )
+    return out
+
+
+def _mean_prediction(samples: list[dict[str, Any]], key: str, divisor: int) -> float | None:
+    values = [m[key] for m in samples if m.get(key) is not None]
+    return statistics.fmean(values) / divisor if values else None
+
+
+def _level_means(values: list[float], levels: list[int]) -> list[float]:
     by_level: dict[int, list[float]] = {}
-    for row in rows:
-        by_level.setdefault(row["difficulty"], []).append(row["c"] / row["n"])
-    level_mean = {level: statistics.fmean(rates) for level, rates in by_level.items()}
-    return pearson([level_mean[r["difficulty"]] for r in rows], [r["c"] / r["n"] for r in rows])
+    for value, level in zip(values, levels, strict=True):
+        by_level.setdefault(level, []).append(value)
+    means = {level: statistics.fmean(group) for level, group in by_level.items()}
+    return [means[level] for level in levels]
 
 
 def meta_report(rows: list[dict[str, Any]]) -> list[str]:
     by_arm: dict[str, dict[int, dict[str, Any]]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[row["seed"]] = row
-    columns = ["pass@1", "parse_rate", "pearson", "pearson_expected", "pearson_level_baseline", "mae"]
+    columns = [
+        "pass@1",
+        "parse_rate",
+        "pearson_n",
+        "pearson",
+        "pearson_expected",
+        "pearson_level_baseline",
+        "pearson_within_level",
+        "pearson_within_level_expected",
+        "mae",
+    ]
     lines = [
         "| arm | seeds | " + " | ".join(columns) + " | Pearson minus GRPO's, same seed | minus base's |",
         "|---|---|" + "---|" * len(columns) + "---|---|",
@@ -311,7 +358,14 @@ def main() -> None:
                 # each get their own --out; --merge joins them.
                 record["rows"] = [r for r in record["rows"] if r["run"] != row["run"]] + [row]
                 write_json(args.out, record)
-    if args.merge:
+    if args.meta and args.report_only:
+        # Rows scored before a measure existed get it from their saved evaluation.
+        for row in record["rows"]:
+            eval_dir = Path(row.get("eval_dir") or args.out.with_suffix("") / row["run"])
+            if eval_dir.is_dir():
+                row.update(beyond_level(eval_dir), eval_dir=str(eval_dir))
+        write_json(args.out, record)
+    elif args.merge:
         write_json(args.out, record)
     print("\n".join((meta_report if args.meta else report)(record["rows"])))
 
