@@ -17,12 +17,12 @@ nothing apart.
 
 With ``--meta`` it measures instead how well each final model predicts its own pass rate on fresh problems
 (``--meta-per-level`` of each of ``--meta-levels``, the same levels by default), with ``masa eval --meta``
-at its own sample counts (8 solutions and 8 meta answers per problem). The verdict's in-run evaluation asks
-4 and 4 on 30 problems of the ``arithmetic`` benchmark, which is held out only from seed 0 at the default
-evaluation size: a run of another seed trained on up to half of them, and both counts are noisy enough to
-pull a Pearson towards 0. Beside the model's predictions it scores the best a prediction from the level
-alone could do: each problem's level's mean pass rate, taken from the same samples. ``--base`` adds the
-untrained model, asked on each GRPO run's problems.
+at its own sample counts (8 solutions and 8 meta answers per problem). The verdicts up to
+``verdict-s16-40steps`` asked 4 and 4 in-run on 30 problems of the ``arithmetic`` benchmark, which is held
+out only from seed 0 at the default evaluation size (runs of other seeds trained on up to half of them);
+``verdict.py`` now asks on fresh problems too. Beside the model's predictions it reports what the level
+alone tells (``verdict.beyond_level``). ``--base`` adds the untrained model, asked on each GRPO run's
+problems.
 
     .venv-vllm/bin/python benchmarks/heldout_wide.py --meta --base --runs RESULTS/runs --out RESULTS_meta.json
 """
@@ -38,38 +38,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from verdict import meta_eval, meta_style, paired_with_grpo, pm, write_json
+from fresh_problems import fresh_problems, run_fresh_problems
+from verdict import beyond_level, meta_eval, meta_style, paired_with_grpo, pm, write_json
 
 from masa.config import load_config
-from masa.data.arithmetic import make_arithmetic_problems
 from masa.data.problem import Problem
 from masa.eval.heldout import heldout_accuracy
-from masa.eval.meta_metrics import pearson
 from masa.models import cpu_has_fast_bf16, cpu_name, load_tokenizer
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE
 from masa.rollout import build_engine
 from masa.rollout.types import SamplingParams
-from masa.runfiles import write_text
 from masa.trainer import load_problem_splits
-
-# Fresh problems are drawn from their own stream, apart from every seed's training and evaluation draws.
-WIDE_SEED_OFFSET = 1_000_003
-
-
-def wide_problems(seed: int, seen: set[str], per_level: int, levels: list[int]) -> list[Problem]:
-    """``per_level`` distinct problems of each level whose prompts are not in ``seen`` (the seed's splits)."""
-    chosen: list[Problem] = []
-    for level in levels:
-        fresh: dict[str, Problem] = {}
-        for problem in make_arithmetic_problems(
-            50 * per_level, seed=WIDE_SEED_OFFSET + 10 * seed + level, levels=[level]
-        ):
-            if problem.prompt not in seen and problem.prompt not in fresh:
-                fresh[problem.prompt] = problem
-        if len(fresh) < per_level:
-            raise SystemExit(f"level {level} has only {len(fresh)} problems outside seed {seed}'s splits")
-        chosen += list(fresh.values())[:per_level]
-    return chosen
 
 
 def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dict[str, Any]:
@@ -79,7 +58,7 @@ def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dic
         file=run / "config.yaml", overrides=[f"model.threads={threads}", "rollout.engine=vllm"]
     )
     train, own_eval = load_problem_splits(config)
-    problems = wide_problems(config.train.seed, {p.prompt for p in [*train, *own_eval]}, per_level, levels)
+    problems = fresh_problems(config.train.seed, {p.prompt for p in [*train, *own_eval]}, per_level, levels)
     final = run / "final"
     tokenizer = load_tokenizer(str(final))
     engine = build_engine(
@@ -129,24 +108,13 @@ def score_run(run: Path, per_level: int, levels: list[int], threads: int) -> dic
 def score_meta(run: Path, model: str, arm: str, args: argparse.Namespace) -> dict[str, Any]:
     """``masa eval --meta`` of ``model`` on the fresh problems of ``run``'s seed, asked as ``arm`` is."""
     config = load_config(file=run / "config.yaml")
-    train, own_eval = load_problem_splits(config)
     seed = config.train.seed
-    seen = {p.prompt for p in [*train, *own_eval]}
-    problems = wide_problems(seed, seen, args.meta_per_level, args.meta_levels)
+    problems = run_fresh_problems(config, args.meta_per_level, args.meta_levels)
     name = f"{arm}-s{seed}"
     folder = args.out.with_suffix("")
-    problems_file = folder / f"{name}.problems.jsonl"
-    write_text(
-        problems_file,
-        "".join(
-            json.dumps({"id": p.id, "prompt": p.prompt, "answer": p.answer, **p.metadata}) + "\n"
-            for p in problems
-        ),
-    )
-    args.meta_eval_limit = len(problems)
     style = meta_style(arm, run, args)
     started = time.perf_counter()
-    result = meta_eval(model, folder / name, args, style, benchmark=str(problems_file))
+    result = meta_eval(model, folder / name, args, style, problems)
     return {
         "run": name,
         "arm": arm,
@@ -155,57 +123,9 @@ def score_meta(run: Path, model: str, arm: str, args: argparse.Namespace) -> dic
         "meta_prompt": list(style),
         "meta_levels": args.meta_levels,
         **result,
-        **beyond_level(folder / name),
         "eval_dir": str(folder / name),
         "seconds": time.perf_counter() - started,
     }
-
-
-def beyond_level(eval_dir: Path) -> dict[str, Any]:
-    """What the predictions tell beyond each problem's level, from an evaluation's saved rows.
-
-    ``pearson_level_baseline`` predicts each problem's pass rate as its level's mean pass rate, fitted on the
-    very samples it is scored on: no prediction made from the level alone correlates better. The
-    within-level Pearsons correlate prediction and pass rate after each has its level's mean subtracted:
-    whether the model tells the problems of one level apart. ``pearson_n``: problems with a parsed pass rate.
-    """
-    rows = [json.loads(line) for line in next(eval_dir.glob("*/problems.jsonl")).open()]
-    scale = json.loads((eval_dir / "results.json").read_text())["settings"]["pass_rate_scale"]
-    actual = [row["c"] / row["n"] for row in rows]
-    levels = [row["difficulty"] for row in rows]
-    out: dict[str, Any] = {"pearson_level_baseline": pearson(_level_means(actual, levels), actual)}
-    for key, name in (
-        ("pass_rate", "pearson_within_level"),
-        ("expected_pass_rate", "pearson_within_level_expected"),
-    ):
-        # Sampled counts are stored out of the scale, expected ones as fractions already.
-        divisor = scale if key == "pass_rate" else 1
-        predicted = [_mean_prediction(row["meta"], key, divisor) for row in rows]
-        kept = [i for i, value in enumerate(predicted) if value is not None]
-        if key == "pass_rate":
-            out["pearson_n"] = len(kept)
-        kept_levels = [levels[i] for i in kept]
-        pred = [predicted[i] for i in kept]
-        act = [actual[i] for i in kept]
-        pred_means, act_means = _level_means(pred, kept_levels), _level_means(act, kept_levels)
-        out[name] = pearson(
-            [p - m for p, m in zip(pred, pred_means, strict=True)],
-            [a - m for a, m in zip(act, act_means, strict=True)],
-        )
-    return out
-
-
-def _mean_prediction(samples: list[dict[str, Any]], key: str, divisor: int) -> float | None:
-    values = [m[key] for m in samples if m.get(key) is not None]
-    return statistics.fmean(values) / divisor if values else None
-
-
-def _level_means(values: list[float], levels: list[int]) -> list[float]:
-    by_level: dict[int, list[float]] = {}
-    for value, level in zip(values, levels, strict=True):
-        by_level.setdefault(level, []).append(value)
-    means = {level: statistics.fmean(group) for level, group in by_level.items()}
-    return [means[level] for level in levels]
 
 
 def meta_report(rows: list[dict[str, Any]]) -> list[str]:

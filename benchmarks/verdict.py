@@ -35,8 +35,11 @@ from typing import Any
 
 import yaml
 from former_defaults import BEFORE_S14, PAPER_REASONED
+from fresh_problems import run_fresh_problems, write_problems
 
-from masa.config import MetaConfig
+from masa.config import MetaConfig, load_config
+from masa.data.problem import Problem
+from masa.eval.meta_metrics import pearson
 from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -175,7 +178,15 @@ def run_meta_eval(arm: str, run: Path, args: argparse.Namespace) -> dict[str, An
     """`meta_eval` of a finished run's final model. A MASA model is asked with the meta prompt it was trained
     on; GRPO (and the base model) with the one --meta-eval-prompt names, so all of them answer the same
     question."""
-    return meta_eval(run / "final", run / "meta_eval", args, meta_style(arm, run, args))
+    problems = None
+    if args.meta_eval_set == "fresh":
+        problems = run_fresh_problems(load_config(file=run / "config.yaml"), *_fresh_share(args))
+    return meta_eval(run / "final", run / "meta_eval", args, meta_style(arm, run, args), problems)
+
+
+def _fresh_share(args: argparse.Namespace) -> tuple[int, list[int]]:
+    """--meta-eval-limit fresh problems as equal shares of --meta-eval-levels."""
+    return max(args.meta_eval_limit // len(args.meta_eval_levels), 1), args.meta_eval_levels
 
 
 def meta_style(arm: str, run: Path, args: argparse.Namespace) -> tuple[str, bool]:
@@ -209,17 +220,21 @@ def meta_eval(
     out: Path,
     args: argparse.Namespace,
     style: tuple[str, bool],
-    benchmark: str = "arithmetic",
+    problems: list[Problem] | None = None,
 ) -> dict[str, Any]:
     """`masa eval --meta` with the training settings (solution limit, temperature, meta prompt) on
-    held-out problems: the first --meta-eval-limit of ``benchmark`` (a name or a problems file)."""
+    held-out ``problems``, or on the first --meta-eval-limit of the ``arithmetic`` benchmark."""
     shutil.rmtree(out, ignore_errors=True)
     prompt, reasoning = style
+    benchmark, limit = "arithmetic", args.meta_eval_limit
+    if problems is not None:
+        benchmark, limit = str(out.with_name(f"{out.name}_problems.jsonl")), len(problems)
+        write_problems(Path(benchmark), problems)
     command = [
         sys.executable, "-m", "masa.cli", "eval", str(model), "--benchmark", benchmark, "--out", str(out),
         "--meta", "--n", str(args.meta_eval_n), "--k", "1", "--meta-n", str(args.meta_eval_n),
         "--temperature", str(args.meta_eval_temperature), "--max-tokens", str(args.meta_eval_max_tokens),
-        "--limit", str(args.meta_eval_limit), "--seed", "0", "--engine", args.engine,
+        "--limit", str(limit), "--seed", "0", "--engine", args.engine,
         "--meta-prompt", prompt, "--meta-reasoning" if reasoning else "--no-meta-reasoning",
         *([] if args.meta_eval_notions else ["--meta-no-notions"]),
     ]  # fmt: skip
@@ -258,7 +273,55 @@ def meta_eval(
                 "gated",
             )
         },  # fmt: skip
+        **beyond_level(out),
     }
+
+
+def beyond_level(eval_dir: Path) -> dict[str, Any]:
+    """What the predictions tell beyond each problem's level, from an evaluation's saved rows.
+
+    ``pearson_level_baseline`` predicts each problem's pass rate as its level's mean pass rate, fitted on the
+    very samples it is scored on: no prediction made from the level alone correlates better. The
+    within-level Pearsons correlate prediction and pass rate after each has its level's mean subtracted:
+    whether the model tells the problems of one level apart. ``pearson_n``: problems with a parsed pass rate.
+    """
+    rows = [json.loads(line) for line in next(eval_dir.glob("*/problems.jsonl")).open()]
+    scale = json.loads((eval_dir / "results.json").read_text())["settings"]["pass_rate_scale"]
+    actual = [row["c"] / row["n"] for row in rows]
+    levels = [row["difficulty"] for row in rows]
+    out: dict[str, Any] = {"pearson_level_baseline": pearson(_level_means(actual, levels), actual)}
+    for key, name in (
+        ("pass_rate", "pearson_within_level"),
+        ("expected_pass_rate", "pearson_within_level_expected"),
+    ):
+        # Sampled counts are stored out of the scale, expected ones as fractions already.
+        divisor = scale if key == "pass_rate" else 1
+        predicted = [_mean_prediction(row["meta"], key, divisor) for row in rows]
+        kept = [i for i, value in enumerate(predicted) if value is not None]
+        if key == "pass_rate":
+            out["pearson_n"] = len(kept)
+        kept_levels = [levels[i] for i in kept]
+        pred = [predicted[i] for i in kept]
+        act = [actual[i] for i in kept]
+        pred_means, act_means = _level_means(pred, kept_levels), _level_means(act, kept_levels)
+        out[name] = pearson(
+            [p - m for p, m in zip(pred, pred_means, strict=True)],
+            [a - m for a, m in zip(act, act_means, strict=True)],
+        )
+    return out
+
+
+def _mean_prediction(samples: list[dict[str, Any]], key: str, divisor: int) -> float | None:
+    values = [m[key] for m in samples if m.get(key) is not None]
+    return statistics.fmean(values) / divisor if values else None
+
+
+def _level_means(values: list[float], levels: list[int]) -> list[float]:
+    by_level: dict[int, list[float]] = {}
+    for value, level in zip(values, levels, strict=True):
+        by_level.setdefault(level, []).append(value)
+    means = {level: statistics.fmean(group) for level, group in by_level.items()}
+    return [means[level] for level in levels]
 
 
 def without_example_copies(eval_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -540,10 +603,11 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
 
     print(f"\nHeld-out alignment (`masa eval --meta` on each final model; gate at sigma {GATE_SIGMA}):")
     print(
-        "| arm | pass@1 | parse rate | Pearson | MAE | Pearson E[k] | MAE E[k] | gate P / R / F1 "
-        "| gate P / R / F1 (direction-aware) | gated | E[k] gate P / R (direction-aware) | E[k] gated |"
+        "| arm | pass@1 | parse rate | Pearson | MAE | Pearson E[k] | MAE E[k] | level alone | within level "
+        "(E[k]) | gate P / R / F1 | gate P / R / F1 (direction-aware) | gated | E[k] gate P / R "
+        "(direction-aware) | E[k] gated |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, rs in [("base (untrained)", [{"heldout_meta": base}] if base else []), *by_arm.items()]:
         hm = [r["heldout_meta"] for r in rs if r.get("heldout_meta")]
         if not hm:
@@ -552,7 +616,8 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
         print(
             f"| {arm} | {pm([h['pass@1'] for h in hm])} | {pm([h['parse_rate'] for h in hm])} | {pm([h['pearson'] for h in hm])} "
             f"| {pm([h['mae'] for h in hm])} | {pm([h.get('pearson_expected') for h in hm])} "
-            f"| {pm([h.get('mae_expected') for h in hm])} "
+            f"| {pm([h.get('mae_expected') for h in hm])} | {pm([h.get('pearson_level_baseline') for h in hm])} "
+            f"| {pm([h.get('pearson_within_level') for h in hm])} ({pm([h.get('pearson_within_level_expected') for h in hm])}) "
             f"| {pm([x['precision'] for x in g], '.2f')} / {pm([x['recall'] for x in g], '.2f')} / "
             f"{pm([x['f1'] for x in g], '.2f')} | {pm([x['precision_direction'] for x in g], '.2f')} / "
             f"{pm([x['recall_direction'] for x in g], '.2f')} / {pm([x['f1_direction'] for x in g], '.2f')} "
@@ -695,9 +760,11 @@ def _masa_targets(
     ]
     m = mean_std(pearsons)[0]
     if m is not None:
+        level = [r["heldout_meta"].get("pearson_level_baseline") for r in runs if r.get("heldout_meta")]
         out[f"held-out Pearson >= 0.5 after {label}"] = {
             "status": "met" if m >= TARGETS["heldout_pearson"] else "MISSED",
-            "detail": f"{pm(pearsons)}",
+            # The same problems' level alone, for scale: predictions that only knew the level would get it.
+            "detail": f"{pm(pearsons)}; the level alone {pm(level)}",
         }
     read = [r["heldout_meta"].get("pearson_expected") for r in runs if r.get("heldout_meta")]
     if read and all(x is not None for x in read):
@@ -788,6 +855,15 @@ def main() -> None:
     parser.add_argument(
         "--meta-eval-limit", type=int, default=60, help="held-out problems for masa eval --meta (0: skip)"
     )
+    parser.add_argument(
+        "--meta-eval-set",
+        choices=["fresh", "arithmetic"],
+        default="fresh",
+        help="fresh: problems outside each run's splits, equal shares of --meta-eval-levels; arithmetic: the "
+        "first of masa eval's arithmetic benchmark, which runs of seeds other than 0 partly trained on (the "
+        "verdicts up to verdict-s16-40steps)",
+    )
+    parser.add_argument("--meta-eval-levels", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--meta-eval-n", type=int, default=8)
     parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
     parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
@@ -821,7 +897,15 @@ def main() -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     base_file = args.out / "base_meta.json"
     if args.meta_eval_base and not args.report_only:
-        base_meta = meta_eval(_base_model(args), args.out / "base_meta_eval", args, _eval_prompt(args))
+        problems = None
+        if args.meta_eval_set == "fresh":  # seed 0's: an untrained model has seen none of any seed's
+            config = load_config(
+                args.preset, overrides=[*args.set, "train.seed=0", f"data.eval_size={args.eval_size}"]
+            )
+            problems = run_fresh_problems(config, *_fresh_share(args))
+        base_meta = meta_eval(
+            _base_model(args), args.out / "base_meta_eval", args, _eval_prompt(args), problems
+        )
         write_json(base_file, base_meta)
     if args.redo_meta_eval:
         for seed in args.seeds:
