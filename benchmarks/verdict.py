@@ -39,7 +39,7 @@ from fresh_problems import run_fresh_problems, write_problems
 
 from masa.config import MetaConfig, load_config
 from masa.data.problem import Problem
-from masa.eval.meta_metrics import pearson
+from masa.eval.meta_metrics import level_alignment
 from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -278,50 +278,27 @@ def meta_eval(
 
 
 def beyond_level(eval_dir: Path) -> dict[str, Any]:
-    """What the predictions tell beyond each problem's level, from an evaluation's saved rows.
-
-    ``pearson_level_baseline`` predicts each problem's pass rate as its level's mean pass rate, fitted on the
-    very samples it is scored on: no prediction made from the level alone correlates better. The
-    within-level Pearsons correlate prediction and pass rate after each has its level's mean subtracted:
-    whether the model tells the problems of one level apart. ``pearson_n``: problems with a parsed pass rate.
-    """
+    """What an evaluation's pass-rate predictions tell beyond each problem's level
+    (``masa.eval.meta_metrics.level_alignment``), recomputed from its saved rows, so that evaluations saved
+    before `masa eval --meta` reported it have it too. ``pearson_n``: problems with a parsed pass rate."""
     rows = [json.loads(line) for line in next(eval_dir.glob("*/problems.jsonl")).open()]
     scale = json.loads((eval_dir / "results.json").read_text())["settings"]["pass_rate_scale"]
     actual = [row["c"] / row["n"] for row in rows]
     levels = [row["difficulty"] for row in rows]
-    out: dict[str, Any] = {"pearson_level_baseline": pearson(_level_means(actual, levels), actual)}
-    for key, name in (
-        ("pass_rate", "pearson_within_level"),
-        ("expected_pass_rate", "pearson_within_level_expected"),
-    ):
-        # Sampled counts are stored out of the scale, expected ones as fractions already.
-        divisor = scale if key == "pass_rate" else 1
+    out: dict[str, Any] = {}
+    # Sampled counts are stored out of the scale, expected ones as fractions already.
+    for key, divisor, suffix in (("pass_rate", scale, ""), ("expected_pass_rate", 1, "_expected")):
         predicted = [_mean_prediction(row["meta"], key, divisor) for row in rows]
-        kept = [i for i, value in enumerate(predicted) if value is not None]
-        if key == "pass_rate":
-            out["pearson_n"] = len(kept)
-        kept_levels = [levels[i] for i in kept]
-        pred = [predicted[i] for i in kept]
-        act = [actual[i] for i in kept]
-        pred_means, act_means = _level_means(pred, kept_levels), _level_means(act, kept_levels)
-        out[name] = pearson(
-            [p - m for p, m in zip(pred, pred_means, strict=True)],
-            [a - m for a, m in zip(act, act_means, strict=True)],
-        )
+        alignment = level_alignment(predicted, actual, levels)
+        out.setdefault("pearson_n", alignment["n"])
+        out.setdefault("pearson_level_baseline", alignment["level_baseline_pearson"])
+        out[f"pearson_within_level{suffix}"] = alignment["within_level_pearson"]
     return out
 
 
 def _mean_prediction(samples: list[dict[str, Any]], key: str, divisor: int) -> float | None:
     values = [m[key] for m in samples if m.get(key) is not None]
     return statistics.fmean(values) / divisor if values else None
-
-
-def _level_means(values: list[float], levels: list[int]) -> list[float]:
-    by_level: dict[int, list[float]] = {}
-    for value, level in zip(values, levels, strict=True):
-        by_level.setdefault(level, []).append(value)
-    means = {level: statistics.fmean(group) for level, group in by_level.items()}
-    return [means[level] for level in levels]
 
 
 def without_example_copies(eval_dir: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -145,6 +145,14 @@ def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
     assert result.meta["expected_readout_rate"] == 1.0
     assert result.meta["pass_rate"]["mae"] == pytest.approx(0.25)  # the sampled 4/8 against 2/4 and 0/4
     assert result.meta["pass_rate_expected"]["mae"] == pytest.approx(0.5)  # 6/8 against 2/4 and 0/4
+    # One problem per level: the level alone tells each pass rate, and nothing is left within a level.
+    for key in ("pass_rate_beyond_level", "pass_rate_expected_beyond_level"):
+        assert result.meta[key] == {
+            "n": 2,
+            "levels": 2,
+            "level_baseline_pearson": pytest.approx(1.0),
+            "within_level_pearson": None,
+        }
     # Neither reading is near 0 or 1, so neither gate closes.
     assert [g["gated"] for g in result.meta["gating_expected"]] == [0] * 5
     saved = json.loads((tmp_path / "bench" / PROBLEMS_FILE).read_text().splitlines()[0])

@@ -9,6 +9,7 @@ from masa.eval.meta_metrics import (
     cutoff_analysis,
     gating_scores,
     length_hit_rate,
+    level_alignment,
     pass_rate_alignment,
     pearson,
     spearman,
@@ -54,6 +55,25 @@ def test_pass_rate_alignment_with_nothing_parsed():
         "spearman": None,
     }
     assert pass_rate_alignment([], [])["parse_rate"] is None
+
+
+def test_level_alignment_sets_the_level_apart_from_the_ranking_within_it():
+    levels = [1, 1, 2, 2, 3, 3]
+    actual = [1.0, 0.5, 0.75, 0.25, 0.5, 0.0]  # level means 0.75, 0.5, 0.25, each level's spread ±0.25
+    # Predictions that know the level only: a high Pearson, nothing within levels.
+    knows_level = level_alignment([0.9, 0.9, 0.3, 0.3, 0.1, 0.1], actual, levels)
+    assert knows_level["within_level_pearson"] is None  # no spread left once the level is taken out
+    # The level baseline is the level means themselves.
+    means = [0.75, 0.75, 0.5, 0.5, 0.25, 0.25]
+    assert knows_level["level_baseline_pearson"] == pytest.approx(pearson(means, actual))
+    assert knows_level["n"] == 6 and knows_level["levels"] == 3
+    # Predictions that rank each level's two problems right and ignore the level: perfect within levels.
+    ranks_within = level_alignment([0.6, 0.4, 0.6, 0.4, 0.6, 0.4], actual, levels)
+    assert ranks_within["within_level_pearson"] == pytest.approx(1.0)
+    # Unparsed predictions drop out of both.
+    partial = level_alignment([0.6, None, 0.6, 0.4, None, None], actual, levels)
+    assert partial["n"] == 3 and partial["levels"] == 2
+    assert partial["level_baseline_pearson"] == pytest.approx(pearson([1.0, 0.5, 0.5], [1.0, 0.75, 0.25]))
 
 
 def test_calibration_buckets_are_centred_on_eighths():

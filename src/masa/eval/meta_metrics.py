@@ -24,6 +24,15 @@ class PassRateAlignment(TypedDict):
     spearman: float | None
 
 
+class LevelAlignment(TypedDict):
+    n: int  # parsed pairs with a level
+    levels: int
+    # Each problem predicted as its level's mean actual pass rate, fitted on the pairs it is scored on.
+    level_baseline_pearson: float | None
+    # Prediction and actual pass rate, each less its level's mean: does the model tell one level's apart?
+    within_level_pearson: float | None
+
+
 @dataclass(frozen=True)
 class CalibrationRow:
     bucket_low: float
@@ -100,6 +109,42 @@ def pass_rate_alignment(predicted: Sequence[float | None], actual: Sequence[floa
         pearson=pearson(preds, actuals),
         spearman=spearman(preds, actuals),
     )
+
+
+def level_alignment(
+    predicted: Sequence[float | None], actual: Sequence[float], levels: Sequence[int]
+) -> LevelAlignment:
+    """What pass-rate predictions tell beyond each problem's difficulty level, over the parsed ones.
+
+    A Pearson over problems of several levels rewards knowing the level alone: predicting each problem's
+    level mean (``level_baseline_pearson``, the best any function of the level does on these pairs) can
+    beat a model that also ranks within levels. ``within_level_pearson`` takes the level out of both sides.
+    """
+    _check_same_length(predicted, actual)
+    _check_same_length(predicted, levels)
+    kept = [i for i, p in enumerate(predicted) if p is not None]
+    preds = [float(predicted[i]) for i in kept]  # type: ignore[arg-type]
+    actuals = [actual[i] for i in kept]
+    kept_levels = [levels[i] for i in kept]
+    actual_means = _group_means(actuals, kept_levels)
+    predicted_means = _group_means(preds, kept_levels)
+    return LevelAlignment(
+        n=len(kept),
+        levels=len(set(kept_levels)),
+        level_baseline_pearson=pearson(actual_means, actuals),
+        within_level_pearson=pearson(
+            np.subtract(preds, predicted_means).tolist(), np.subtract(actuals, actual_means).tolist()
+        ),
+    )
+
+
+def _group_means(values: Sequence[float], groups: Sequence[int]) -> list[float]:
+    """Each value's group mean."""
+    members: dict[int, list[float]] = {}
+    for value, group in zip(values, groups, strict=True):
+        members.setdefault(group, []).append(value)
+    means = {group: statistics.fmean(vs) for group, vs in members.items()}
+    return [means[group] for group in groups]
 
 
 def calibration_table(

@@ -41,6 +41,7 @@ from masa.eval.meta_metrics import (
     cutoff_analysis,
     gating_scores,
     length_hit_rate,
+    level_alignment,
     pass_rate_alignment,
 )
 from masa.eval.passk import PassAtK, summarize_pass_at_k
@@ -513,6 +514,7 @@ class _MetaView:
         self.expected_fractions = [[m.get("expected_pass_rate") for m in row["meta"]] for row in rows]
         self.expected_pass = [_mean([f for f in fs if f is not None]) for fs in self.expected_fractions]
         self.actual_pass = [row["c"] / row["n"] for row in rows]
+        self.levels = [row.get("difficulty") for row in rows]
         self.zero_variance = [row["c"] in (0, row["n"]) for row in rows]
         self.predicted_length = [
             _median([m["solution_length"] for m in row["meta"] if m["solution_length"] is not None])
@@ -544,6 +546,9 @@ class _MetaView:
             "pass_rate_expected": dict(pass_rate_alignment(self.expected_pass, self.actual_pass)),
             "expected_readout_rate": sum(m.get("expected_pass_rate") is not None for m in self.samples)
             / len(self.samples),
+            # With problems of several difficulty levels: the level alone, and the predictions within levels.
+            "pass_rate_beyond_level": self.beyond_level(self.predicted_pass),
+            "pass_rate_expected_beyond_level": self.beyond_level(self.expected_pass),
             "calibration": [dataclasses.asdict(row) for row in self.calibration()],
             "length_hit_rate": length_hit_rate(self.predicted_length, self.correct_ranges),
             "notion_reward": statistics.fmean(m["notion_reward"] for m in self.samples),
@@ -553,6 +558,11 @@ class _MetaView:
             "gating_tolerance": s.gate_tolerance,
             "cutoff": dict(self.cutoff()),
         }
+
+    def beyond_level(self, predicted: list[float | None]) -> dict[str, Any] | None:
+        if None in self.levels or len(set(self.levels)) < 2:
+            return None
+        return dict(level_alignment(predicted, self.actual_pass, self.levels))
 
     def calibration(self) -> list[CalibrationRow]:
         return calibration_table(self.predicted_pass, self.actual_pass)
