@@ -19,7 +19,7 @@ With ``--meta`` it measures instead how well each final model predicts its own p
 (``--meta-per-level`` of each of ``--meta-levels``, the same levels by default), with ``masa eval --meta``
 at its own sample counts (8 solutions and 8 meta answers per problem). The verdicts up to
 ``verdict-s16-40steps`` asked 4 and 4 in-run on 30 problems of the ``arithmetic`` benchmark, which is held
-out only from seed 0 at the default evaluation size (runs of other seeds trained on up to half of them);
+out only from seed 0 at the default evaluation size (each verdict run's training split held 9-15 of them);
 ``verdict.py`` now asks on fresh problems too. Beside the model's predictions it reports what the level
 alone tells (``verdict.beyond_level``). ``--base`` adds the untrained model, asked on each GRPO run's
 problems.

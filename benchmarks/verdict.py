@@ -837,8 +837,8 @@ def main() -> None:
         choices=["fresh", "arithmetic"],
         default="fresh",
         help="fresh: problems outside each run's splits, equal shares of --meta-eval-levels; arithmetic: the "
-        "first of masa eval's arithmetic benchmark, which runs of seeds other than 0 partly trained on (the "
-        "verdicts up to verdict-s16-40steps)",
+        "first of masa eval's arithmetic benchmark, levels 1-5, a third to a half of which a run's training "
+        "split holds (the verdicts up to verdict-s16-40steps)",
     )
     parser.add_argument("--meta-eval-levels", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--meta-eval-n", type=int, default=8)

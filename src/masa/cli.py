@@ -80,8 +80,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             f"benchmarks: {ARITHMETIC!r} (the arithmetic split masa train holds out at seed 0 and its default\n"
-            "data.eval_size; other seeds train on some of it), a .jsonl/.json/.csv/.parquet file (verl layout\n"
-            "detected), or one of these names:\n"
+            "data.eval_size; other seeds' training splits hold some of it), a .jsonl/.json/.csv/.parquet file (verl\n"
+            "layout detected), or one of these names:\n"
             f"{named}\n"
             f"Named benchmarks are read from a local copy in --data-dir (or ${DATA_DIR_ENV}) when one exists,\n"
             "else from the Hugging Face hub (needs network and `pip install masa[hub]`); hub ids may change."

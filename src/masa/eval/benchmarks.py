@@ -156,8 +156,9 @@ def resolve_benchmark(
     prompt and answer are (detected when None); named benchmarks know their own layout.
     """
     if name_or_file == ARITHMETIC:
-        # The split the trainer holds out at its defaults (seed 0, data.eval_size 100). A run with another seed
-        # or a smaller eval_size trains on some of these prompts (benchmarks/heldout_wide.py draws fresh ones).
+        # The split the trainer holds out at its defaults (seed 0, data.eval_size 100). The training split of a
+        # run with another seed or eval_size holds some of these prompts (benchmarks/fresh_problems.py draws
+        # problems outside a run's splits).
         _, problems = arithmetic_splits(seed=0, n_eval=DataConfig.eval_size)
         benchmark = Benchmark(ARITHMETIC, ARITHMETIC, problems)
     elif name_or_file in REGISTRY:
