@@ -226,8 +226,9 @@ def meta_eval(
     held-out ``problems``, or on the first --meta-eval-limit of the ``arithmetic`` benchmark."""
     shutil.rmtree(out, ignore_errors=True)
     prompt, reasoning = style
-    benchmark, limit = "arithmetic", args.meta_eval_limit
-    if problems is not None:
+    if problems is None:
+        benchmark, limit = "arithmetic", args.meta_eval_limit
+    else:
         benchmark, limit = str(out.with_name(f"{out.name}_problems.jsonl")), len(problems)
         write_problems(Path(benchmark), problems)
     command = [
