@@ -333,6 +333,8 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
             title="meta-awareness",
             caption=(
                 "Pearson E[k]: the predictions read as the model's expected count, not its sampled one; "
+                "level: the Pearson of predicting each problem as its level's mean pass rate, which no "
+                "prediction from the level alone beats; "
                 f"gate F1 at sigma {_TABLE_GATE_SIGMA:g} (dir: the predicted side must match the outcome); "
                 f"cut: correct solutions a "
                 f"{_TABLE_CUTOFF_FACTOR:g}x predicted-length cutoff would stop, of all correct"
@@ -345,6 +347,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
             "Pearson",
             "Spearman",
             "Pearson E[k]",
+            "level",
             "len hit",
             "notion",
             "gate F1",
@@ -363,6 +366,7 @@ def summary_tables(results: Sequence[EvalResult]) -> list[Table]:
                 _fmt(m["pass_rate"]["pearson"]),
                 _fmt(m["pass_rate"]["spearman"]),
                 _fmt(m.get("pass_rate_expected", {}).get("pearson")),
+                _fmt((m.get("pass_rate_beyond_level") or {}).get("level_baseline_pearson")),
                 _fmt(m["length_hit_rate"]),
                 _fmt(m["notion_reward"]),
                 _fmt(gate["f1"] if gate else None),
