@@ -144,32 +144,32 @@ def meta_report(rows: list[dict[str, Any]]) -> list[str]:
         "mae",
     ]
     lines = [
-        "| arm | seeds | " + " | ".join(columns) + " | Pearson minus GRPO's, same seed | minus base's |",
-        "|---|---|" + "---|" * len(columns) + "---|---|",
+        "| arm | seeds | " + " | ".join(columns) + " | minus the level alone: Pearson / E[k] |",
+        "|---|---|" + "---|" * len(columns) + "---|",
     ]
     order = {"base": 0, "grpo": 1}
     for arm, seeds in sorted(by_arm.items(), key=lambda item: (order.get(item[0], 2), item[0])):
         runs = [seeds[s] for s in sorted(seeds)]
-        paired = [_paired(runs, by_arm.get(other, {})) if arm != other else "–" for other in ("grpo", "base")]
         lines.append(
             f"| {arm} | {len(runs)} | "
             + " | ".join(pm([r[c] for r in runs]) for c in columns)
-            + f" | {paired[0]} | {paired[1]} |"
+            + f" | {_minus_level(runs, 'pearson')} / {_minus_level(runs, 'pearson_expected')} |"
         )
     return lines
 
 
-def _paired(runs: list[dict[str, Any]], other: dict[int, dict[str, Any]]) -> str:
-    """The mean ± SE over seeds of a run's sampled Pearson minus the other arm's on the same problems."""
+def _minus_level(runs: list[dict[str, Any]], key: str) -> str:
+    """Mean ± SE over runs of a Pearson minus the level alone's on the same problems (paired within a run)."""
     differences = [
-        r["pearson"] - other[r["seed"]]["pearson"]
+        r[key] - r["pearson_level_baseline"]
         for r in runs
-        if r["seed"] in other and r["pearson"] is not None and other[r["seed"]]["pearson"] is not None
+        if r[key] is not None and r["pearson_level_baseline"] is not None
     ]
     if len(differences) < 2:
         return "–"
     se = statistics.stdev(differences) / len(differences) ** 0.5
-    return f"{statistics.fmean(differences):+.2f} ± {se:.2f} ({len(differences)} seeds)"
+    below = sum(d < 0 for d in differences)
+    return f"{statistics.fmean(differences):+.2f} ± {se:.2f} ({below} of {len(differences)} below)"
 
 
 def wide_accuracy(row: dict[str, Any]) -> float:
