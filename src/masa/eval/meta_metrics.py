@@ -29,7 +29,7 @@ class LevelAlignment(TypedDict):
     levels: int
     # Each problem predicted as its level's mean actual pass rate, fitted on the pairs it is scored on.
     level_baseline_pearson: float | None
-    # Prediction and actual pass rate, each less its level's mean: does the model tell one level's apart?
+    # Prediction and actual pass rate, each less its level's mean: does the model tell a level's problems apart?
     within_level_pearson: float | None
 
 
@@ -122,10 +122,10 @@ def level_alignment(
     """
     _check_same_length(predicted, actual)
     _check_same_length(predicted, levels)
-    kept = [i for i, p in enumerate(predicted) if p is not None]
-    preds = [float(predicted[i]) for i in kept]  # type: ignore[arg-type]
-    actuals = [actual[i] for i in kept]
-    kept_levels = [levels[i] for i in kept]
+    kept = [(p, a, level) for p, a, level in zip(predicted, actual, levels, strict=True) if p is not None]
+    preds = [p for p, _, _ in kept]
+    actuals = [a for _, a, _ in kept]
+    kept_levels = [level for _, _, level in kept]
     actual_means = _group_means(actuals, kept_levels)
     predicted_means = _group_means(preds, kept_levels)
     return LevelAlignment(
