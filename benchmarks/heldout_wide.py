@@ -1,4 +1,4 @@
-"""Final accuracy of a verdict's runs on a wider held-out set, for paired arm comparisons with less noise.
+"""Final accuracy (or, with ``--meta``, meta-awareness) of a verdict's runs on a wider held-out set.
 
 The verdict evaluates on 50 held-out problems per seed: one model's accuracy there has a binomial spread of
 about 7 points, as large as the differences between arms. This script takes each run's final model and
@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--meta-per-level", type=int, default=34)
     parser.add_argument("--meta-levels", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--base", action="store_true", help="with --meta: also the untrained model")
-    # What verdict.meta_eval reads: masa eval's own sample counts, the training's temperature and limit.
+    # What verdict.meta_eval reads: masa eval's own sample counts, the training's temperature and token limit.
     parser.add_argument("--meta-eval-n", type=int, default=8)
     parser.add_argument("--meta-eval-temperature", type=float, default=0.7)
     parser.add_argument("--meta-eval-max-tokens", type=int, default=64)
