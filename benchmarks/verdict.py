@@ -110,6 +110,10 @@ ARMS = {
     # The same with half the meta rollouts (M = 4): the meta generation and the meta update, the rest of
     # what a MASA step costs beyond GRPO's, both scale with M.
     "masa-lean": ["algo=masa", "meta.expert_source=step", "meta.n=4"],
+    # Two meta rollouts: the meta update's completions and the meta generation halve again. The meta RL
+    # term's gradient was a few percent of the solutions' at M = 4 and the expert term taught the pass rate
+    # (masa-field-credit's and verdict-avx512's records), so the smallest group GRPO allows may keep both.
+    "masa-lean-m2": ["algo=masa", "meta.expert_source=step", "meta.n=2"],
     "masa-efficient-lean": [
         "algo=masa-efficient",
         "efficient.switch=steps",
@@ -122,12 +126,13 @@ ARMS = {
 # the arms measured on them pin them, so that a rerun repeats them. masa-new is masa's defaults, so its
 # results up to verdict-s13 are of what masa-json-compact names now, and masa-efficient-steps-new's of the
 # same path.
-S14_ARMS = ("grpo", "masa-new", "masa-step-expert", "masa-lean", "masa-efficient-lean")
+S14_ARMS = ("grpo", "masa-new", "masa-step-expert", "masa-lean", "masa-lean-m2", "masa-efficient-lean")
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {
     "masa-new": "MASA (new)",
     "masa-step-expert": "MASA, expert targets of the step",
     "masa-lean": "MASA lean (step's expert targets, M=4)",
+    "masa-lean-m2": "MASA lean, M=2",
 }
 """The MASA arms each target line is reported for (those that ran)."""
 GATE_SIGMA = 0.1
