@@ -40,6 +40,7 @@ from fresh_problems import run_fresh_problems, write_problems
 from masa.config import MetaConfig, load_config
 from masa.data.problem import Problem
 from masa.eval.meta_metrics import level_alignment
+from masa.eval.runner import PassRatePredictions
 from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -289,22 +290,16 @@ def beyond_level(eval_dir: Path) -> dict[str, Any]:
     before `masa eval --meta` reported it have it too. ``pearson_n``: problems with a parsed pass rate."""
     rows = [json.loads(line) for line in next(eval_dir.glob("*/problems.jsonl")).open()]
     scale = json.loads((eval_dir / "results.json").read_text())["settings"]["pass_rate_scale"]
+    predictions = PassRatePredictions.from_rows(rows, scale)
     actual = [row["c"] / row["n"] for row in rows]
     levels = [row["difficulty"] for row in rows]
     out: dict[str, Any] = {}
-    # Sampled counts are stored out of the scale, expected ones as fractions already.
-    for key, divisor, suffix in (("pass_rate", scale, ""), ("expected_pass_rate", 1, "_expected")):
-        predicted = [_mean_prediction(row["meta"], key, divisor) for row in rows]
-        alignment = level_alignment(predicted, actual, levels)
+    for fractions, suffix in ((predictions.sampled, ""), (predictions.expected, "_expected")):
+        alignment = level_alignment(predictions.per_problem(fractions), actual, levels)
         out.setdefault("pearson_n", alignment["n"])
         out.setdefault("pearson_level_baseline", alignment["level_baseline_pearson"])
         out[f"pearson_within_level{suffix}"] = alignment["within_level_pearson"]
     return out
-
-
-def _mean_prediction(samples: list[dict[str, Any]], key: str, divisor: int) -> float | None:
-    values = [m[key] for m in samples if m.get(key) is not None]
-    return statistics.fmean(values) / divisor if values else None
 
 
 def without_example_copies(eval_dir: Path, args: argparse.Namespace) -> dict[str, Any]:

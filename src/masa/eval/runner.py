@@ -500,23 +500,42 @@ def _decode(tokenizer: PreTrainedTokenizerBase, rollouts: list[Rollout]) -> list
 # ---------------------------------------------------------------------------------------------- meta
 
 
+@dataclass(frozen=True)
+class PassRatePredictions:
+    """The pass-rate predictions of an evaluation's rows (as ``problems.jsonl`` holds them), per problem and
+    per meta answer, as fractions: the sampled counts over the scale, and the model's expected ones. None
+    where an answer did not parse, and for expected ones in rows saved before the readout existed."""
+
+    sampled: list[list[float | None]]
+    expected: list[list[float | None]]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], pass_rate_scale: int) -> PassRatePredictions:
+        return cls(
+            sampled=[
+                [None if m["pass_rate"] is None else m["pass_rate"] / pass_rate_scale for m in row["meta"]]
+                for row in rows
+            ],
+            expected=[[m.get("expected_pass_rate") for m in row["meta"]] for row in rows],
+        )
+
+    @staticmethod
+    def per_problem(fractions: list[list[float | None]]) -> list[float | None]:
+        """Each problem's predicted pass rate: the mean of its parsed answers (None if none parsed)."""
+        return [_mean([f for f in answers if f is not None]) for answers in fractions]
+
+
 class _MetaView:
     """The per-problem and per-solution series the meta-awareness metrics and plots are computed from."""
 
     def __init__(self, rows: list[dict[str, Any]], settings: EvalSettings):
         self.settings = settings
         self.samples = [m for row in rows for m in row["meta"]]
-        self.fractions = [
-            [
-                None if m["pass_rate"] is None else m["pass_rate"] / settings.pass_rate_scale
-                for m in row["meta"]
-            ]
-            for row in rows
-        ]
-        self.predicted_pass = [_mean([f for f in fs if f is not None]) for fs in self.fractions]
-        # Rows saved before the readout existed have no such key.
-        self.expected_fractions = [[m.get("expected_pass_rate") for m in row["meta"]] for row in rows]
-        self.expected_pass = [_mean([f for f in fs if f is not None]) for fs in self.expected_fractions]
+        predictions = PassRatePredictions.from_rows(rows, settings.pass_rate_scale)
+        self.fractions = predictions.sampled
+        self.predicted_pass = predictions.per_problem(predictions.sampled)
+        self.expected_fractions = predictions.expected
+        self.expected_pass = predictions.per_problem(predictions.expected)
         self.actual_pass = [row["c"] / row["n"] for row in rows]
         self.levels = [row.get("difficulty") for row in rows]
         self.zero_variance = [row["c"] in (0, row["n"]) for row in rows]
