@@ -122,12 +122,27 @@ ARMS = {
         "meta.expert_source=step",
         "meta.n=4",
     ],
+    "masa-efficient-lean-m2": [
+        "algo=masa-efficient",
+        "efficient.switch=steps",
+        "efficient.warmup_steps=8",
+        "meta.expert_source=step",
+        "meta.n=2",
+    ],
 }
 # M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since);
 # the arms measured on them pin them, so that a rerun repeats them. masa-new is masa's defaults, so its
 # results up to verdict-s13 are of what masa-json-compact names now, and masa-efficient-steps-new's of the
 # same path.
-S14_ARMS = ("grpo", "masa-new", "masa-step-expert", "masa-lean", "masa-lean-m2", "masa-efficient-lean")
+S14_ARMS = (
+    "grpo",
+    "masa-new",
+    "masa-step-expert",
+    "masa-lean",
+    "masa-lean-m2",
+    "masa-efficient-lean",
+    "masa-efficient-lean-m2",
+)
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {
     "masa-new": "MASA (new)",
@@ -686,6 +701,7 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
         ("masa-efficient-steps", "MASA-efficient, step switch"),
         ("masa-efficient-steps-new", "MASA-efficient (new defaults), step switch"),
         ("masa-efficient-lean", "MASA-efficient lean, step switch"),
+        ("masa-efficient-lean-m2", "MASA-efficient lean, M=2, step switch"),
     ):
         eff = by_arm.get(arm, [])
         if not (eff and grpo and grpo_final is not None):
