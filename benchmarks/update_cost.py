@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from masa.config import load_config
+from masa.config import load_config, meta_rollouts
 from masa.data.arithmetic import arithmetic_splits
 from masa.meta.prompt import build_meta_prompt, render_meta_json
 from masa.models import cpu_name, load_model, resolve_autocast
@@ -125,7 +125,7 @@ def main() -> None:
             seq
             for prompt in prompts
             for seq in group(
-                prompt, config.meta.n, meta_lengths[name], False, "meta", config.rollout.temperature
+                prompt, meta_rollouts(config), meta_lengths[name], False, "meta", config.rollout.temperature
             )
         ]
         batches[f"MASA, {name} meta prompt"] = solutions + metas
@@ -194,7 +194,7 @@ def main() -> None:
             for p in counted
         )
         completion_tokens = meta_lengths[name]
-        m = config.meta.n
+        m = meta_rollouts(config)
         prompt_rows.append(
             {
                 "meta_path": name,

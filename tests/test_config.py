@@ -51,9 +51,20 @@ def test_bad_keys_and_values_name_the_key(override, message):
 
 
 def test_groups_of_one_are_rejected_for_the_meta_path_only():
-    with pytest.raises(ConfigError, match=r"meta\.n=1 is not valid: must be >= 2 \(algo\.name=masa"):
+    with pytest.raises(ConfigError, match=r"meta\.n=1 is not valid: must be >= 2 or null \(algo\.name=masa"):
         load_config("tiny", overrides=["algo=masa", "meta.n=1"])
     assert load_config("tiny", overrides=["algo=grpo", "meta.n=1"]).meta.n == 1
+
+
+def test_meta_rollouts_default_by_algorithm_and_an_explicit_count_wins():
+    from masa.config import meta_rollouts
+
+    assert meta_rollouts(load_config("tiny", overrides=["algo=masa"])) == 2
+    # MASA-efficient's gate reads the group's predictions, and it was measured at 4.
+    assert meta_rollouts(load_config("tiny", overrides=["algo=masa-efficient"])) == 4
+    for algo in ("masa", "masa-efficient"):
+        assert meta_rollouts(load_config("tiny", overrides=[f"algo={algo}", "meta.n=3"])) == 3
+    assert meta_rollouts(load_config("tiny", overrides=["algo=masa", "meta.preset=paper"])) == 8
 
 
 def test_missing_or_malformed_config_file(tmp_path):
@@ -97,7 +108,7 @@ def test_default_meta_path_is_compact_json_only_and_the_paper_preset_restores_re
     for preset in ("tiny", "smollm2-arith"):
         default = load_config(preset).meta
         assert (default.prompt, default.reasoning) == ("compact", False)
-        assert (default.n, default.expert_source) == (4, "step")
+        assert (default.n, default.expert_source) == (None, "step")
         assert load_config(preset, overrides=["meta.preset=paper"]).meta.n == 8  # the preset file sets no M
     paper = load_config("tiny", overrides=["meta.preset=paper"]).meta
     assert (paper.prompt, paper.reasoning, paper.n) == ("paper", True, 8)

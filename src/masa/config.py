@@ -158,10 +158,12 @@ class MetaConfig:
     """paper: the paper's formulation (PAPER_FORMULATION: the paper's meta prompt with reasoning, M = 8, one
     token-mean over both kinds, the exp pass-rate reward with std-scaled advantages, cut rollouts scored 0,
     a step-count stage switch); keys set explicitly still win."""
-    n: int = 4
-    """Meta rollouts per problem (M). 4, not the paper's 8 (meta.preset=paper sets 8): with the step's expert
-    targets it made a MASA step 1.7x GRPO's instead of 2.3x, at GRPO's accuracy or above (+2.7 +- 2.7 points
-    paired, 6 seeds) and no worse alignment (benchmarks/README.md, verdict-s14)."""
+    n: int | None = None
+    """Meta rollouts per problem (M); null: 2 with algo.name=masa, 4 with masa-efficient. The paper has 8
+    (meta.preset=paper sets it). 2 for MASA: the meta generation and the meta update both scale with M, and
+    at 2 a MASA step was about 1.4x GRPO's where it was 1.6x at 4, with accuracy and alignment no worse
+    (benchmarks/README.md, verdict-s18-40steps). MASA-efficient's gate reads the group's predictions, and
+    its verdict is at 4 (verdict-s17-40steps)."""
     max_new_tokens: int = 96
     temperature: float | None = None
     """Sampling temperature of meta rollouts; null uses rollout.temperature."""
@@ -396,6 +398,17 @@ def task_has_notions(cfg: Config) -> bool:
     return cfg.meta.notions
 
 
+META_ROLLOUTS = {"masa": 2, "masa-efficient": 4}
+"""``meta.n`` when it is null, by algorithm."""
+
+
+def meta_rollouts(cfg: Config) -> int:
+    """Meta rollouts per problem for this run (``meta.n``, or when null the algorithm's default)."""
+    if cfg.meta.n is not None:
+        return cfg.meta.n
+    return META_ROLLOUTS.get(cfg.algo.name, META_ROLLOUTS["masa"])
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     meta = data.get("meta")
     if isinstance(meta, dict) and meta.get("preset") == "paper":
@@ -564,7 +577,12 @@ def _check_values(cfg: Config) -> None:
     _require(d.verify_timeout_s > 0, "data.verify_timeout_s", "> 0", d.verify_timeout_s)
     mc, e = cfg.meta, cfg.efficient
     if a.name != "grpo":
-        _require(mc.n >= 2, "meta.n", f">= 2 (algo.name={a.name} compares meta predictions in a group)", mc.n)
+        _require(
+            meta_rollouts(cfg) >= 2,
+            "meta.n",
+            f">= 2 or null (algo.name={a.name} compares meta predictions in a group)",
+            mc.n,
+        )
     _require(mc.max_new_tokens >= 1, "meta.max_new_tokens", ">= 1", mc.max_new_tokens)
     _require(mc.temperature is None or mc.temperature > 0, "meta.temperature", "> 0 or null", mc.temperature)
     _require(mc.pass_rate_scale >= 1, "meta.pass_rate_scale", ">= 1", mc.pass_rate_scale)

@@ -30,7 +30,7 @@ from masa.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from masa.config import Config, ConfigError, config_from_dict, task_has_notions
+from masa.config import Config, ConfigError, config_from_dict, meta_rollouts, task_has_notions
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import DataError, FieldMap, load_problems
 from masa.data.problem import Problem
@@ -397,7 +397,7 @@ class Trainer:
     def _meta_request(self, problems: list[Problem]) -> GenerationRequest:
         return GenerationRequest(
             [self._meta_ids(p) for p in problems],
-            self.cfg.meta.n,
+            meta_rollouts(self.cfg),
             self.meta_sampling,
             seed=self.streams.draw("metas"),
         )
