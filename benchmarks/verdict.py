@@ -130,10 +130,11 @@ ARMS = {
         "meta.n=2",
     ],
 }
-# M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since);
-# the arms measured on them pin them, so that a rerun repeats them. masa-new is masa's defaults, so its
-# results up to verdict-s13 are of what masa-json-compact names now, and masa-efficient-steps-new's of the
-# same path.
+# M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since,
+# M = 2 under algo=masa since verdict-s18-40steps); the arms measured on them pin them, so that a rerun
+# repeats them. masa-new is masa's defaults, so its results up to verdict-s13 are of what masa-json-compact
+# names now, and masa-efficient-steps-new's of the same path; from verdict-s14 to verdict-s17 they are
+# masa-lean's.
 S14_ARMS = (
     "grpo",
     "masa-new",
