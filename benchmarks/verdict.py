@@ -679,7 +679,7 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
     if not identical:
         print("- none")
 
-    verdict = targets(by_arm, grpo_final)
+    verdict = targets(by_arm)
     print("\nTargets:")
     for name, t in verdict.items():
         print(f"- {name}: {t['status']} ({t['detail']})")
@@ -691,12 +691,12 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
     }
 
 
-def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str, dict[str, Any]]:
+def targets(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
+    grpo = by_arm.get("grpo", [])
     for arm, label in MASA_CANDIDATES.items():
         if arm in by_arm:
-            out.update(_masa_targets(arm, label, by_arm, grpo_final))
-    grpo = by_arm.get("grpo", [])
+            out.update(_masa_targets(arm, label, by_arm[arm], _same_seeds(grpo, by_arm[arm])))
     for arm, label in (
         ("masa-efficient-new", "MASA-efficient"),
         ("masa-efficient-steps", "MASA-efficient, step switch"),
@@ -705,33 +705,44 @@ def targets(by_arm: dict[str, list[dict]], grpo_final: float | None) -> dict[str
         ("masa-efficient-lean-m2", "MASA-efficient lean, M=2, step switch"),
     ):
         eff = by_arm.get(arm, [])
-        if not (eff and grpo and grpo_final is not None):
+        baseline = _same_seeds(grpo, eff)
+        if not (eff and baseline):
             continue
-        grpo_time = statistics.fmean(r["train_seconds"] for r in grpo)
+        grpo_final = statistics.fmean(r["evals"][-1]["accuracy"] for r in baseline)
+        grpo_time = statistics.fmean(r["train_seconds"] for r in baseline)
         reach = [time_to(r["evals"], grpo_final) for r in eff]
         got = [x for x in reach if x is not None]
         ratio = statistics.fmean(got) / grpo_time if len(got) == len(reach) else None
         out[f"{label} reaches GRPO final accuracy in <= 0.8x GRPO time"] = {
             "status": "met" if ratio is not None and ratio <= TARGETS["efficient_time_ratio"] else "MISSED",
-            "detail": f"reached in {len(got)}/{len(reach)} seeds"
+            "detail": f"GRPO {grpo_final:.3f} on seeds {_seeds(baseline)}; reached in {len(got)}/{len(reach)} seeds"
             + ("" if ratio is None else f", {ratio:.2f}x GRPO's {grpo_time:.0f} s"),
         }
     return out
 
 
-def _masa_targets(
-    arm: str, label: str, by_arm: dict[str, list[dict]], grpo_final: float | None
-) -> dict[str, dict[str, Any]]:
-    """The accuracy, step-time and held-out Pearson target lines of one MASA arm."""
+def _same_seeds(grpo: list[dict], runs: list[dict]) -> list[dict]:
+    """The GRPO runs of the seeds ``runs`` has: a target sets an arm against GRPO on its own seeds, since a
+    batch may run GRPO on more of them (seeds differ by more than the arms do)."""
+    seeds = {r["seed"] for r in runs}
+    return [g for g in grpo if g["seed"] in seeds]
+
+
+def _seeds(runs: list[dict]) -> str:
+    return ",".join(str(s) for s in sorted({r["seed"] for r in runs}))
+
+
+def _masa_targets(arm: str, label: str, runs: list[dict], grpo: list[dict]) -> dict[str, dict[str, Any]]:
+    """The accuracy, step-time and held-out Pearson target lines of one MASA arm, against ``grpo`` (its seeds)."""
     out: dict[str, dict[str, Any]] = {}
-    runs = by_arm[arm]
     final = mean_std([r["evals"][-1]["accuracy"] for r in runs])[0]
+    grpo_final = mean_std([r["evals"][-1]["accuracy"] for r in grpo])[0] if grpo else None
     if final is not None and grpo_final is not None:
         gap = 100 * (grpo_final - final)
         ok = gap <= TARGETS["accuracy_gap_points"]
         out[f"{label} within 2 points of GRPO"] = {
             "status": "met" if ok else "MISSED",
-            "detail": f"GRPO {grpo_final:.3f}, {arm} {final:.3f}: "
+            "detail": f"GRPO {grpo_final:.3f} on seeds {_seeds(grpo)}, {arm} {final:.3f}: "
             + (
                 "level"
                 if abs(gap) < 0.05
@@ -741,7 +752,7 @@ def _masa_targets(
             ),
         }
     step = mean_std([r["seconds_per_step"] for r in runs])[0]
-    grpo_step = mean_std([r["seconds_per_step"] for r in by_arm.get("grpo", [])])[0]
+    grpo_step = mean_std([r["seconds_per_step"] for r in grpo])[0]
     if step and grpo_step:
         ratio = step / grpo_step
         out[f"{label} step <= 1.5x GRPO step"] = {
