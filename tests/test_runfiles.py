@@ -39,16 +39,17 @@ class _FailingFile:
 
 
 @contextlib.contextmanager
-def full_disk(folder: Path, name: str):
-    """While active, every write to a file in ``folder`` whose name contains ``name`` fails half-way,
-    however it was opened (``open``, ``Path.write_text``, ``os.fdopen``): independent of how the code under
-    test writes, so an in-place rewrite shows up as a cut file."""
+def full_disk(folder: Path, name: str, *, below: bool = False):
+    """While active, every write to a file in ``folder`` (``below``: or any folder under it) whose name
+    contains ``name`` fails half-way, however it was opened (``open``, ``Path.write_text``, ``os.fdopen``):
+    independent of how the code under test writes, so an in-place rewrite shows up as a cut file."""
     real_open = io.open
 
     def opening(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
         path = Path(os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else file)
-        if any(m in mode for m in "wax+") and path.parent == folder and name in path.name:
+        inside = path.parent == folder or (below and folder in path.parents)
+        if any(m in mode for m in "wax+") and inside and name in path.name:
             return _FailingFile(handle)
         return handle
 
@@ -228,6 +229,25 @@ def test_a_save_removes_the_folders_of_killed_saves(tmp_path, tiny):
     saved = save_checkpoint(checkpoints, 4, model, tokenizer, {"note": "state"}, keep=2)
     assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
     assert (saved / TRAINER_STATE).is_file() and (saved / "model.safetensors").is_file()
+
+
+def test_a_full_disk_while_saving_the_trainer_state_is_named_and_keeps_earlier_checkpoints(tmp_path, tiny):
+    import torch
+
+    from masa.checkpoint import CheckpointError, save_checkpoint
+
+    model, tokenizer = tiny
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    save_checkpoint(checkpoints, 4, model, tokenizer, {"note": "state"}, keep=2)
+    # torch.save given a path writes through its own stream, where a full disk is a RuntimeError with no
+    # cause; the optimiser state makes this the biggest file of a checkpoint, so the likeliest to hit it.
+    big = {"optimizer": torch.zeros(200_000)}
+    with (
+        full_disk(checkpoints, TRAINER_STATE, below=True),
+        pytest.raises(CheckpointError, match=r"No space left on device.*earlier checkpoints .* are intact"),
+    ):
+        save_checkpoint(checkpoints, 6, model, tokenizer, big, keep=2)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

@@ -49,6 +49,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write (a full disk) raises its OSError.
+
+    Given a path, torch writes through its own C++ stream, and a full disk surfaces as a RuntimeError
+    ("iostream error", "unexpected pos") that names no cause; through a Python file the OSError is that
+    RuntimeError's context.
+    """
+    with path.open("wb") as handle:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from exc
+            raise
+
+
 def save_checkpoint(
     checkpoints_dir: Path,
     step: int,
@@ -74,7 +90,7 @@ def save_checkpoint(
             with atomic_folder(target) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-                torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
+                _save_state({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
         except OSError as exc:
             raise CheckpointError(
                 f"could not write checkpoint {target} ({exc}); "
@@ -131,7 +147,7 @@ def save_sharded_checkpoint(
                 if ranks.is_main:
                     model_config.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
-                    torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
+                    _save_state({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
         except (OSError, CheckpointException) as exc:
             raise CheckpointError(
                 f"could not write checkpoint {target} ({exc}); "
