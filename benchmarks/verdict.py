@@ -560,7 +560,7 @@ def report(runs: list[dict], args: argparse.Namespace, base: dict | None = None)
         print(f"| {arm} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
 
     grpo = by_arm.get("grpo", [])
-    grpo_final = mean_std([r["evals"][-1]["accuracy"] for r in grpo])[0] if grpo else None
+    grpo_final = mean_std([final_accuracy(r) for r in grpo])[0] if grpo else None
     print("\nCost per step (mean ± std over seeds); time to GRPO's final mean accuracy (training seconds):")
     print(
         "| arm | s/step | generate s | update s | sol tok gen | meta tok gen | sol tok in loss | meta tok in loss | expert tok | seqs trained | time to GRPO final | reached |"
@@ -708,7 +708,7 @@ def targets(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
         baseline = _same_seeds(grpo, eff)
         if not (eff and baseline):
             continue
-        grpo_final = statistics.fmean(r["evals"][-1]["accuracy"] for r in baseline)
+        grpo_final = statistics.fmean(final_accuracy(r) for r in baseline)
         grpo_time = statistics.fmean(r["train_seconds"] for r in baseline)
         reach = [time_to(r["evals"], grpo_final) for r in eff]
         got = [x for x in reach if x is not None]
@@ -735,8 +735,8 @@ def _seeds(runs: list[dict]) -> str:
 def _masa_targets(arm: str, label: str, runs: list[dict], grpo: list[dict]) -> dict[str, dict[str, Any]]:
     """The accuracy, step-time and held-out Pearson target lines of one MASA arm, against ``grpo`` (its seeds)."""
     out: dict[str, dict[str, Any]] = {}
-    final = mean_std([r["evals"][-1]["accuracy"] for r in runs])[0]
-    grpo_final = mean_std([r["evals"][-1]["accuracy"] for r in grpo])[0] if grpo else None
+    final = mean_std([final_accuracy(r) for r in runs])[0]
+    grpo_final = mean_std([final_accuracy(r) for r in grpo])[0] if grpo else None
     if final is not None and grpo_final is not None:
         gap = 100 * (grpo_final - final)
         ok = gap <= TARGETS["accuracy_gap_points"]

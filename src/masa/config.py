@@ -162,8 +162,8 @@ class MetaConfig:
     """Meta rollouts per problem (M); null: 2 with algo.name=masa, 4 with masa-efficient. The paper has 8
     (meta.preset=paper sets it). 2 for MASA: the meta generation and the meta update both scale with M, and
     at 2 a MASA step was 1.53x GRPO's where it was 1.60x at 4, with accuracy and alignment no worse (9
-    seeds, benchmarks/README.md, verdict-s18-40steps). MASA-efficient's gate reads the group's predictions, and
-    its verdict is at 4 (verdict-s17-40steps)."""
+    seeds, benchmarks/README.md, verdict-s18-40steps). MASA-efficient's gate reads the group's predictions,
+    and its verdict is at 4 (verdict-s17-40steps)."""
     max_new_tokens: int = 96
     temperature: float | None = None
     """Sampling temperature of meta rollouts; null uses rollout.temperature."""
