@@ -198,7 +198,7 @@ def main() -> None:
 
 def machine() -> str:
     """The CPU the numbers came from (they compare only within one machine), and when."""
-    precision = "AVX512-BF16/AMX (bf16)" if cpu_has_fast_bf16() else "no AVX512-BF16 (fp32)"
+    precision = "AMX (bf16)" if cpu_has_fast_bf16() else "no AMX (fp32)"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, {when}, load average {os.getloadavg()[0]:.1f}"
 

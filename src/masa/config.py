@@ -42,8 +42,8 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"
     """Hub id, local path, or a built-in: smollm2-135m-instruct (embedded, offline) or tiny-random."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision; auto uses bf16 autocast where the hardware runs it fast (CUDA, CPUs with AMX or
-    AVX512-BF16). Master weights and the optimiser stay fp32 either way."""
+    """Compute precision; auto uses bf16 autocast where the hardware runs it fast (CUDA, CPUs with AMX; not
+    AVX512-BF16 alone, where fp32 was faster). Master weights and the optimiser stay fp32 either way."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (activation checkpointing): less memory, more compute."""
@@ -95,7 +95,7 @@ class RolloutConfig:
     """0 means greedy decoding for held-out evaluation."""
     eval_samples: int = 1
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """vLLM weights/compute dtype; auto: bf16 on CUDA or a CPU with AMX/AVX512-BF16, else fp32."""
+    """vLLM weights/compute dtype; auto: bf16 on CUDA or a CPU with AMX, else fp32."""
     gpu_memory_utilization: float = 0.4
     """vLLM's share of GPU memory (weights + KV cache); the rest stays for training on the same GPU."""
     cpu_kv_cache_gb: int = 2

@@ -242,12 +242,28 @@ def cpu_name() -> str:
     return next(names, "unknown CPU")
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_flags() -> set[str]:
+    """The feature flags /proc/cpuinfo lists for this CPU (empty where it cannot be read)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return set()
+    line = next((x for x in info.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def bf16_is_fast(flags: set[str]) -> bool:
+    """Whether a CPU with these flags trains and samples faster in bf16 than in fp32: it has AMX tiles.
+
+    AVX512-BF16 alone is not enough. On an Emerald Rapids core whose hypervisor hides AMX, bf16 autocast
+    made the update 1.4-1.7x slower than fp32 and sampling 1.2-1.4x slower (benchmarks/README.md, "bf16
+    needs AMX"): its bf16 dot products do not make up for the casts around every matrix product.
+    """
+    return "amx_bf16" in flags
+
+
+def cpu_has_fast_bf16() -> bool:
+    return bf16_is_fast(cpu_flags())
 
 
 def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
@@ -267,14 +283,14 @@ def describe_precision(precision: str, device: torch.device, dtype: torch.dtype 
     if precision != "auto":
         reason = f"model.precision={precision}"
         if dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
-            reason += "; this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and slower than fp32"
+            reason += "; this CPU has no AMX, so bf16 runs slower than fp32 here"
     elif device.type == "cuda":
         reason = "this GPU " + ("supports bf16" if dtype is not None else "has no bf16")
     elif dtype is not None:
-        reason = "this CPU has AVX512-BF16 or AMX"
+        reason = "this CPU has AMX"
     else:
         reason = (
-            "this CPU has no AVX512-BF16 or AMX, where bf16 would be slower; steps take longer than on one"
+            "this CPU has no AMX, where bf16 would be slower; steps take longer than on a CPU with it"
         )
     return f"precision: {picked} on {device.type} ({reason})"
 

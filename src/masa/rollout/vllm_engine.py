@@ -58,7 +58,7 @@ class VLLMOptions:
 
 
 def resolve_dtype(choice: str, device: str) -> torch.dtype:
-    """auto: bf16 where the hardware runs it natively (CUDA, CPUs with AMX/AVX512-BF16), else fp32."""
+    """auto: bf16 where the hardware runs it fast (CUDA, CPUs with AMX), else fp32."""
     if choice == "auto":
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
