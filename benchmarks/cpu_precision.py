@@ -12,6 +12,7 @@ prints which flags the CPU has. The update's side of the question is ``update_re
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -81,8 +82,7 @@ def main() -> None:
     print_table(rows, "runner")
     if args.out:
         record = {
-            "command": "python benchmarks/cpu_precision.py "
-            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            "command": " ".join(["python benchmarks/cpu_precision.py", *sys.argv[1:]]),
             "cpu": cpu_name(),
             "flags": flags,
             "threads": torch.get_num_threads(),
