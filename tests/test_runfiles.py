@@ -250,6 +250,36 @@ def test_a_full_disk_while_saving_the_trainer_state_is_named_and_keeps_earlier_c
     assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
 
 
+def test_a_full_disk_while_writing_the_weights_is_named_and_loses_no_finished_model(
+    tmp_path, tiny, monkeypatch
+):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    from masa.checkpoint import CheckpointError, save_checkpoint, save_model_folder
+
+    model, tokenizer = tiny
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    save_checkpoint(checkpoints, 4, model, tokenizer, {"note": "state"}, keep=2)
+    final = save_model_folder(tmp_path / "final", model, tokenizer)
+    before = {p.name: p.read_bytes() for p in final.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        # safetensors writes from Rust, past Python's open(): this is its error for ENOSPC, word for word.
+        raise SafetensorError(
+            f'Error while serializing: I/O error: No space left on device (os error 28) at path "{filename}"'
+        )
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*earlier checkpoints .* are intact"):
+        save_checkpoint(checkpoints, 6, model, tokenizer, {"note": "state"}, keep=2)
+    assert [p.name for p in checkpoints.iterdir()] == ["step-4"]
+    with pytest.raises(CheckpointError, match=r"could not write the model to .*final.*No space left"):
+        save_model_folder(final, model, tokenizer)
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name != CHECKPOINTS_DIR] == ["final"]
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_a_sharded_save_keeps_the_atomic_folder_guarantees(tmp_path, tiny):
     """One process stands for every rank: the shards, then rank 0's files, then the rename."""

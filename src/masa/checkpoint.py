@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch.distributed.checkpoint import CheckpointException
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -32,6 +33,11 @@ _SHARDS_INDEX = ".metadata"  # written by DCP's coordinator last, once every ran
 
 class CheckpointError(RuntimeError):
     pass
+
+
+WRITE_ERRORS = (OSError, SafetensorError)
+"""What a failed write of a model folder raises: safetensors writes the weights from Rust, and a full disk
+there is its own ``SafetensorError`` ("... No space left on device (os error 28) ..."), not an OSError."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,7 +97,7 @@ def save_checkpoint(
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
                 _save_state({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             raise CheckpointError(
                 f"could not write checkpoint {target} ({exc}); "
                 f"earlier checkpoints in {checkpoints_dir} are intact"
@@ -183,7 +189,7 @@ def save_model_folder(folder: Path, model: PreTrainedModel, tokenizer: PreTraine
         with atomic_folder(folder) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    except OSError as exc:
+    except WRITE_ERRORS as exc:
         raise CheckpointError(f"could not write the model to {folder} ({exc})") from exc
     return folder
 
