@@ -20,7 +20,7 @@ from timing import print_table, time_runners, workload_parser
 
 from masa.config import RolloutConfig
 from masa.data.arithmetic import arithmetic_splits
-from masa.models import cpu_name, load_model
+from masa.models import cpu_flags, cpu_name, load_model
 from masa.prompts import encode_user_message, solution_prompt
 from masa.rollout import build_engine
 from masa.rollout.engine import HFEngine
@@ -29,16 +29,6 @@ from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    present = set(line.split(":", 1)[-1].split())
-    return [flag for flag in FLAGS if flag in present]
 
 
 def main() -> None:
@@ -77,7 +67,7 @@ def main() -> None:
 
             runners[f"VLLMEngine {name}"] = on_vllm
     rows = time_runners(runners, args.repeats)
-    flags = cpu_flags()
+    flags = [flag for flag in FLAGS if flag in cpu_flags()]
     print(f"\n{cpu_name()}; flags: {', '.join(flags)}; {torch.get_num_threads()} thread(s)")
     print_table(rows, "runner")
     if args.out:
