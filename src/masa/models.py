@@ -289,7 +289,7 @@ def describe_precision(precision: str, device: torch.device, dtype: torch.dtype 
     elif dtype is not None:
         reason = "this CPU has AMX"
     else:
-        reason = "this CPU has no AMX, where bf16 would be slower; steps take longer than on a CPU with it"
+        reason = "this CPU has no AMX, where bf16 would be slower than fp32"
     return f"precision: {picked} on {device.type} ({reason})"
 
 
