@@ -380,3 +380,13 @@ def test_the_gate_reads_the_sampled_or_the_expected_count(tmp_path, readout):
 def test_an_expected_gate_needs_counts_that_are_single_tokens(tmp_path):
     with pytest.raises(ConfigError, match="gate_readout=expected needs every count"):
         _trainer(tmp_path, "masa-efficient", "efficient.gate_readout=expected", "meta.pass_rate_scale=10")
+
+
+def test_restating_the_question_earns_no_reward(tmp_path):
+    def restated(problem, j):
+        expression = problem.prompt.removeprefix("What is ").removesuffix("?")
+        return f'\\boxed{{"{expression}"}}' if j % 2 == 0 else f"\\boxed{{{expression}}}"
+
+    trainer = _trainer(tmp_path, "grpo")
+    trainer.engine.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, restated, _meta)
+    assert trainer.train_step()["reward/solution"] == 0.0

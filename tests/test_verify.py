@@ -169,3 +169,30 @@ def test_works_off_the_main_thread() -> None:
     for thread in threads:
         thread.join()
     assert sorted(results) == [False, True, True]
+
+
+def test_a_question_restated_does_not_answer_a_number_only_problem() -> None:
+    # Seen in training (session 19): a policy learnt to box the question itself, quoted, which math-verify
+    # evaluates to the reference; every held-out arithmetic problem then scored as solved.
+    hacks = [r'\boxed{"17 + 8"}', r"\boxed{17 + 8}", r"\boxed{5 \cdot 5}", r"\boxed{\frac{50}{2}}"]
+    answers = [r"\boxed{25}", r"so \boxed{$25$}.", r"\boxed{25.0}", "it is 25"]
+    assert check_answer(r'\boxed{"17 + 8"}', "25")  # what math-verify alone accepts
+    assert check_answers(hacks[:2] + answers, "25", number_only=True) == [False, False] + [True] * 4
+    assert not check_answer(hacks[2], "25", number_only=True)
+    # A fraction is a number form: 50/2 is accepted as 25, like 25.0.
+    assert check_answer(hacks[3], "25", number_only=True)
+    assert check_answer(r"\boxed{-3}", "-3", number_only=True)
+    assert check_answer(r"\boxed{1,234}", "1234", number_only=True)
+
+
+def test_arithmetic_problems_are_number_only_and_score_the_restated_question_zero() -> None:
+    from masa.data.arithmetic import make_arithmetic_problems
+    from masa.rewards import solution_rewards
+    from masa.rollout.types import FinishReason
+
+    problem = make_arithmetic_problems(1, seed=0)[0]
+    expression = problem.prompt.removeprefix("What is ").removesuffix("?")
+    texts = [rf'\boxed{{"{expression}"}}', rf"\boxed{{{problem.answer}}}"]
+    reasons = [FinishReason.STOP] * 2
+    assert problem.numeric_answer
+    assert solution_rewards(texts, reasons, problem.answer, number_only=problem.numeric_answer) == [0.0, 1.0]

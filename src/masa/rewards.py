@@ -17,16 +17,21 @@ def solution_rewards(
     fallback: Literal["last_number", "none"] = "last_number",
     timeout_s: float = 2.0,
     grade_cutoff: bool = True,
+    number_only: bool = False,
 ) -> list[float]:
     """A cut-off rollout is graded on a closed ``\\boxed{}`` alone (no fallback): it may have answered and
     then rambled on, but a number that happens to appear mid-reasoning must not count as an answer. With
-    ``grade_cutoff`` false it scores 0 unchecked (the paper)."""
+    ``grade_cutoff`` false it scores 0 unchecked (the paper). ``number_only``: see ``check_answer``."""
 
     def grade(text: str, reason: FinishReason) -> float:
         if reason is not FinishReason.CUTOFF:
-            return float(check_answer(text, reference, timeout_s=timeout_s, fallback=fallback))
+            return float(
+                check_answer(text, reference, timeout_s=timeout_s, fallback=fallback, number_only=number_only)
+            )
         if not grade_cutoff:
             return 0.0
-        return float(check_answer(text, reference, timeout_s=timeout_s, fallback="none"))
+        return float(
+            check_answer(text, reference, timeout_s=timeout_s, fallback="none", number_only=number_only)
+        )
 
     return [grade(text, reason) for text, reason in zip(texts, finish_reasons, strict=True)]

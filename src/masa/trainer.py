@@ -392,6 +392,7 @@ class Trainer:
             fallback=self.cfg.data.answer_fallback,
             timeout_s=self.cfg.data.verify_timeout_s,
             grade_cutoff=self.cfg.efficient.grade_cutoff,
+            number_only=problem.numeric_answer,
         )
 
     def _meta_request(self, problems: list[Problem]) -> GenerationRequest:

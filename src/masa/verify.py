@@ -15,7 +15,7 @@ import threading
 from functools import lru_cache
 from typing import Literal
 
-from masa.verify_forms import settle
+from masa.verify_forms import is_number, settle
 from masa.verify_worker import pool
 
 __all__ = ["check_answer", "check_answers", "extract_answer", "verify_timeouts"]
@@ -67,8 +67,14 @@ def check_answer(
     *,
     timeout_s: float = 2.0,
     fallback: Fallback = "last_number",
+    number_only: bool = False,
 ) -> bool:
     """Whether the final answer of ``completion`` is equivalent to ``reference``.
+
+    ``number_only``: the answer must be a plain number, not an expression equal to one. For a task whose
+    question is an expression (the arithmetic task: "What is 17 + 8?"), restating it (``\\boxed{17 + 8}``)
+    is equal to the reference as math-verify reads it, and a policy learns to answer so within a few dozen
+    steps (benchmarks/README.md, "A reward hack").
 
     ``reference`` may be any form math-verify understands (``1/2``, ``\\frac{1}{2}``, ``0.5``, ``x^2+1``,
     ``(1,2)``); a reference that is itself boxed is unboxed first. A math-verify comparison may use
@@ -80,7 +86,7 @@ def check_answer(
     parser in the worker.
     """
     answer = extract_answer(completion, fallback)
-    return answer is not None and _equivalent(answer, reference, timeout_s)
+    return answer is not None and _equivalent(answer, reference, timeout_s, number_only)
 
 
 def check_answers(
@@ -89,10 +95,11 @@ def check_answers(
     *,
     timeout_s: float = 2.0,
     fallback: Fallback = "last_number",
+    number_only: bool = False,
 ) -> list[bool]:
     """``check_answer`` for a group of completions of one problem, comparing each distinct answer once."""
     answers = [extract_answer(completion, fallback) for completion in completions]
-    verdicts = {a: _equivalent(a, reference, timeout_s) for a in set(answers) if a is not None}
+    verdicts = {a: _equivalent(a, reference, timeout_s, number_only) for a in set(answers) if a is not None}
     return [a is not None and verdicts[a] for a in answers]
 
 
@@ -119,7 +126,7 @@ def verify_timeouts() -> int:
     return _timeouts
 
 
-def _equivalent(answer: str, reference: str, timeout_s: float) -> bool:
+def _equivalent(answer: str, reference: str, timeout_s: float, number_only: bool = False) -> bool:
     global _timeouts
     try:
         # The caps come first: every later step (unboxing, stripping, parsing) must see bounded input.
@@ -132,7 +139,7 @@ def _equivalent(answer: str, reference: str, timeout_s: float) -> bool:
                 _warn_unusable_reference(reference[:80], len(reference), _MAX_ANSWER_CHARS)
             return False
         answer = _strip_math_delimiters(answer)
-        if not answer or not reference:
+        if not answer or not reference or (number_only and not is_number(answer)):
             return False
         settled = settle(answer, reference)
         if settled is not None:

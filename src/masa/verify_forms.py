@@ -62,6 +62,11 @@ def settle(answer: str, reference: str) -> bool | None:
     return None
 
 
+def is_number(answer: str) -> bool:
+    """Whether ``answer`` is a plain number (integer, decimal, fraction or percentage), not an expression."""
+    return _number(_normalise(answer)) is not None
+
+
 def _normalise(text: str) -> str:
     text = text.strip()
     if _TEXT_MODE.search(text):

@@ -124,7 +124,8 @@ def _draw(rng: random.Random, level: int, problem_id: str) -> Problem:
         id=problem_id,
         prompt=f"What is {expression}?",
         answer=str(answer),
-        metadata={"difficulty": level, "operation": operation, "operands": operands},
+        # The question is an expression, so an answer must be a number, or restating it would score.
+        metadata={"difficulty": level, "operation": operation, "operands": operands, "answer_form": "number"},
     )
 
 

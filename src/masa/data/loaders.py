@@ -33,7 +33,7 @@ _ANSWER_ALIASES = (
     "reward_model.ground_truth.target",
     "reward_model.ground_truth",
 )
-_METADATA_ALIASES = ("data_source", "level", "type", "difficulty")
+_METADATA_ALIASES = ("data_source", "level", "type", "difficulty", "answer_form")
 _MATH_LEVEL = re.compile(r"Level (\d+)")
 
 logger = logging.getLogger(__name__)

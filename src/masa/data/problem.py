@@ -22,3 +22,9 @@ class Problem:
     @property
     def difficulty(self) -> Any:
         return self.metadata.get("difficulty")
+
+    @property
+    def numeric_answer(self) -> bool:
+        """Whether only a plain number answers it (``metadata["answer_form"] == "number"``): an expression
+        equal to the answer, such as the question restated, then scores 0 (``masa.verify.check_answer``)."""
+        return self.metadata.get("answer_form") == "number"

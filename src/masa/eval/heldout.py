@@ -52,7 +52,12 @@ def heldout_accuracy(
     for problem, rollouts in zip(problems, groups, strict=True):
         texts = tokenizer.batch_decode([r.completion_ids for r in rollouts], skip_special_tokens=True)
         rewards = solution_rewards(
-            texts, [r.finish_reason for r in rollouts], problem.answer, fallback=fallback, timeout_s=timeout_s
+            texts,
+            [r.finish_reason for r in rollouts],
+            problem.answer,
+            fallback=fallback,
+            timeout_s=timeout_s,
+            number_only=problem.numeric_answer,
         )
         scores.extend(rewards)
         tokens += sum(r.num_tokens for r in rollouts)

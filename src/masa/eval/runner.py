@@ -418,7 +418,11 @@ def _evaluate_batch(
         texts = _decode(tokenizer, rollouts)
         timeouts_before = verify_timeouts()
         correct = check_answers(
-            texts, problem.answer, timeout_s=settings.verify_timeout_s, fallback=settings.answer_fallback
+            texts,
+            problem.answer,
+            timeout_s=settings.verify_timeout_s,
+            fallback=settings.answer_fallback,
+            number_only=problem.numeric_answer,
         )
         row: dict[str, Any] = {
             "id": problem.id,
