@@ -26,12 +26,17 @@ def no_fast_path(monkeypatch):
     monkeypatch.setattr(verify, "settle", lambda answer, reference: None)
 
 
+# Numbers, because arithmetic problems take only a number as an answer; the pool stubbed below gives no
+# verdict on "7" (the slow check) and says True to anything else.
+SLOW, FAST = "7", "8"
+
+
 def _solution(problem, j):
-    return r"\boxed{slow}" if j % 2 == 0 else r"\boxed{fast}"
+    return rf"\boxed{{{SLOW}}}" if j % 2 == 0 else rf"\boxed{{{FAST}}}"
 
 
 def test_train_step_logs_verify_timeouts(tmp_path, monkeypatch, no_fast_path):
-    monkeypatch.setattr(verify, "pool", lambda: _NoVerdictFor("slow"))
+    monkeypatch.setattr(verify, "pool", lambda: _NoVerdictFor(SLOW))
     cfg = load_config(
         "tiny",
         overrides=[
@@ -46,14 +51,14 @@ def test_train_step_logs_verify_timeouts(tmp_path, monkeypatch, no_fast_path):
     trainer = Trainer(cfg, run_dir=tmp_path / "r")
     trainer.engine.engine = ScriptedEngine(trainer.tokenizer, trainer.train_problems, _solution, _solution)
     log = trainer.train_step()
-    assert log["reward/verify_timeouts"] == 3 * 2  # the two "slow" samples of each problem
+    assert log["reward/verify_timeouts"] == 3 * 2  # the two slow samples of each problem
     assert log["reward/solution"] == 0.5
 
 
 def test_eval_results_count_verify_timeouts(tiny, tmp_path, monkeypatch, no_fast_path):
     from masa.data.problem import Problem
 
-    monkeypatch.setattr(verify, "pool", lambda: _NoVerdictFor("slow"))
+    monkeypatch.setattr(verify, "pool", lambda: _NoVerdictFor(SLOW))
     model, tokenizer = tiny
     problems = [Problem("a", "What is 2 + 3?", "5"), Problem("b", "What is 7 * 6?", "42")]
     engine = ScriptedEngine(tokenizer, problems, _solution, _solution)
