@@ -256,8 +256,8 @@ def bf16_is_fast(flags: set[str]) -> bool:
     """Whether a CPU with these flags trains and samples faster in bf16 than in fp32: it has AMX tiles.
 
     AVX512-BF16 alone is not enough. On an Emerald Rapids core whose hypervisor hides AMX, bf16 autocast
-    made the update 1.4-1.7x slower than fp32 and sampling 1.2-1.4x slower (benchmarks/README.md, "bf16
-    needs AMX"): its bf16 dot products do not make up for the casts around every matrix product.
+    made the update 1.5-1.7x slower than fp32 and sampling 1.2-1.4x slower (benchmarks/README.md, "bf16
+    needs AMX"): oneDNN's bf16 matrix products ran there at about a third of MKL's fp32 speed.
     """
     return "amx_bf16" in flags
 
