@@ -27,7 +27,6 @@ from masa.rollout.engine import HFEngine
 from masa.rollout.types import SamplingParams
 from masa.runfiles import write_text
 
-ROOT = Path(__file__).resolve().parent
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 

@@ -16,7 +16,7 @@ from masa.models import load_model
 from masa.prompts import encode_user_message, solution_prompt
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import SamplingParams
-from masa.verify import check_answers, extract_answer
+from masa.verify import check_answer, extract_answer
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
     equivalent = number_only = 0
     for problem, (rollout,) in zip(problems, groups, strict=True):
         text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
-        before = check_answers([text], problem.answer)[0]
-        after = check_answers([text], problem.answer, number_only=True)[0]
+        before = check_answer(text, problem.answer)
+        after = check_answer(text, problem.answer, number_only=True)
         equivalent, number_only = equivalent + before, number_only + after
         if before != after:
             print(f"{problem.prompt!r}: answer {extract_answer(text)!r}, reference {problem.answer}")

@@ -35,7 +35,6 @@ from masa.runfiles import write_text
 from masa.trainer import Trainer
 from masa.update import KINDS, TrainSequence
 
-ROOT = Path(__file__).resolve().parent
 MIN_TIMED_SECONDS = 0.1
 
 

@@ -174,13 +174,13 @@ def test_works_off_the_main_thread() -> None:
 def test_a_question_restated_does_not_answer_a_number_only_problem() -> None:
     # Seen in training (session 19): a policy learnt to box the question itself, quoted, which math-verify
     # evaluates to the reference; every held-out arithmetic problem then scored as solved.
-    hacks = [r'\boxed{"17 + 8"}', r"\boxed{17 + 8}", r"\boxed{5 \cdot 5}", r"\boxed{\frac{50}{2}}"]
+    expressions = [r'\boxed{"17 + 8"}', r"\boxed{17 + 8}"]
     answers = [r"\boxed{25}", r"so \boxed{$25$}.", r"\boxed{25.0}", "it is 25"]
     assert check_answer(r'\boxed{"17 + 8"}', "25")  # what math-verify alone accepts
-    assert check_answers(hacks[:2] + answers, "25", number_only=True) == [False, False] + [True] * 4
-    assert not check_answer(hacks[2], "25", number_only=True)
+    assert check_answers(expressions + answers, "25", number_only=True) == [False, False] + [True] * 4
+    assert not check_answer(r"\boxed{5 \cdot 5}", "25", number_only=True)
     # A fraction is a number form: 50/2 is accepted as 25, like 25.0.
-    assert check_answer(hacks[3], "25", number_only=True)
+    assert check_answer(r"\boxed{\frac{50}{2}}", "25", number_only=True)
     assert check_answer(r"\boxed{-3}", "-3", number_only=True)
     assert check_answer(r"\boxed{1,234}", "1234", number_only=True)
 
