@@ -129,6 +129,21 @@ def test_metrics_on_a_scripted_sequence():
     assert gate.metrics(cumulative=True) == metrics
 
 
+def test_a_skipped_problem_rolled_out_anyway_counts_as_an_audit():
+    gate = PredictiveGate(audit_fraction=0.0)
+    skipped = gate.decide([0.0, 0.0])
+    assert skipped.gated and not skipped.rolled_out
+    filled = gate.roll_out_anyway(skipped)
+    assert filled.rolled_out and filled.reason is GateReason.PREDICTED_UNSOLVABLE
+    gate.record_outcome(filled, truly_zero_variance=False, pass_rate=0.5)
+    metrics = gate.metrics()
+    assert (metrics["n_audited"], metrics["precision"]) == (1, 0.0)
+    with pytest.raises(ValueError, match="un-audited"):
+        gate.roll_out_anyway(filled)
+    with pytest.raises(ValueError, match="un-audited"):
+        gate.roll_out_anyway(gate.decide([0.5, 0.5]))
+
+
 def test_recall_scales_audited_hits_to_all_gated_problems():
     gate = PredictiveGate()
     counts = {

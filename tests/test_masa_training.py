@@ -255,8 +255,9 @@ def test_expert_targets_from_the_step_share_its_meta_prompts(tmp_path, monkeypat
     assert trainer.expert_buffer == [] and "expert/buffer" not in log
 
 
-def test_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
-    # Every problem is predicted trivial or unsolvable: all are gated, refills run out, nothing is rolled out.
+def test_refill_exhaustion_fills_the_batch_with_the_first_gated_problems(tmp_path):
+    # Every problem is predicted trivial or unsolvable: all are gated and the refills run out. The update still
+    # gets its batch of solution groups, from the first problems examined, and their outcomes are audits.
     trainer = _trainer(
         tmp_path,
         "masa-efficient",
@@ -265,10 +266,29 @@ def test_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
         "data.arithmetic_levels=[1,5]",
     )
     log = trainer.train_step()
-    assert sum(len(call) for call in trainer.engine.engine.solution_calls) == 0
+    scripted = trainer.engine.engine
+    rolled_out = [p.id for call in scripted.solution_calls for p in call]
+    assert rolled_out == [p.id for p in scripted.meta_calls[0]]
     assert log["gate/examined"] == 4 * 3  # the batch, then two refill rounds of 4
+    assert log["gate/gated"] == 12 and log["gate/skipped"] == 8
+    assert log["gate/filled"] == 4 and log["gate/batch_shortfall"] == 0
+    assert log["gate/audited"] == 4 and log["gate/precision"] == 1.0  # the script's groups are all flat
+    assert log["tokens/solution"] > 0
+
+
+def test_without_filling_refill_exhaustion_leaves_a_short_batch_and_still_steps(tmp_path):
+    trainer = _trainer(
+        tmp_path,
+        "masa-efficient",
+        "efficient.warmup_steps=0",
+        "efficient.refill_rounds=2",
+        "efficient.fill_from_gated=false",
+        "data.arithmetic_levels=[1,5]",
+    )
+    log = trainer.train_step()
+    assert sum(len(call) for call in trainer.engine.engine.solution_calls) == 0
     assert log["gate/gated"] == log["gate/skipped"] == 12
-    assert log["gate/batch_shortfall"] == 4
+    assert log["gate/filled"] == 0 and log["gate/batch_shortfall"] == 4
     assert log["tokens/solution"] == 0 and log["tokens/meta"] > 0
     assert log["update/trained_sequences"] == 0
 

@@ -265,6 +265,11 @@ class EfficientConfig:
     """Share of gated problems rolled out anyway, to measure gating precision online."""
     refill_rounds: int = 2
     """Extra rounds of problems drawn to replace gated ones, so each update keeps its batch size."""
+    fill_from_gated: bool = True
+    """When the refill rounds still leave the batch short, roll out the first gated problems examined to fill
+    it (they count as audits), so the update always has its batch of solution groups. false: train on the
+    short batch. With predictions collapsed to 0, a short batch leaves the meta and expert terms nearly
+    alone in the update, and they can undo the solving (benchmarks/README.md, verdict-s20-40steps)."""
     cutoff_factor: float = 2.0
     cutoff_min_tokens: int = 16
     cutoff_aggregate: Literal["median", "mean", "max"] = "median"

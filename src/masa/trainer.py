@@ -467,10 +467,12 @@ class Trainer:
     def _predict_and_gate(
         self, problems: list[Problem]
     ) -> tuple[list[Problem], list[list[MetaRollout]], list[GateDecision | None], dict[str, float]]:
-        """Meta rollouts first, then the gate; gated problems are replaced by fresh ones for a few rounds."""
+        """Meta rollouts first, then the gate; gated problems are replaced by fresh ones for a few rounds, and
+        (efficient.fill_from_gated) a batch still short is filled with the first gated problems examined."""
         wanted = len(problems)
         kept: list[tuple[Problem, list[MetaRollout], GateDecision]] = []
-        examined = gated = skipped = skipped_meta_tokens = 0
+        skipped: list[tuple[Problem, list[MetaRollout], GateDecision]] = []
+        examined = gated = 0
         candidates = problems
         for round_index in range(self.cfg.efficient.refill_rounds + 1):
             for problem, group in zip(
@@ -479,23 +481,23 @@ class Trainer:
                 decision = self.gate.decide([self._gate_fraction(m) for m in group])
                 examined += 1
                 gated += decision.gated
-                if decision.rolled_out:
-                    kept.append((problem, group, decision))
-                else:
-                    skipped += 1
-                    # Its meta rollouts cost tokens but get no reward and stay out of the update.
-                    skipped_meta_tokens += sum(m.rollout.num_tokens for m in group)
+                (kept if decision.rolled_out else skipped).append((problem, group, decision))
             missing = wanted - len(kept)
             if missing <= 0 or round_index == self.cfg.efficient.refill_rounds:
                 break
             candidates = self.sampler.take(missing)
+        filled = skipped[: max(wanted - len(kept), 0)] if self.cfg.efficient.fill_from_gated else []
+        kept += [(p, group, self.gate.roll_out_anyway(d)) for p, group, d in filled]
+        skipped = skipped[len(filled) :]
         log = {
             "gate/examined": examined,
             "gate/gated": gated,
             "gate/gated_fraction": gated / max(examined, 1),
-            "gate/skipped": skipped,
-            "gate/skipped_meta_tokens": skipped_meta_tokens,
+            "gate/skipped": len(skipped),
+            # A skipped problem's meta rollouts cost tokens but get no reward and stay out of the update.
+            "gate/skipped_meta_tokens": sum(m.rollout.num_tokens for _, group, _ in skipped for m in group),
             "gate/audited": sum(d.audited for _, _, d in kept),
+            "gate/filled": len(filled),
             "gate/batch_shortfall": wanted - len(kept),
         }
         return [p for p, _, _ in kept], [m for _, m, _ in kept], [d for _, _, d in kept], log

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -121,6 +121,16 @@ class PredictiveGate:
             counts.gated += gated
             counts.audited += audited
         return GateDecision(gated, audited, reason, mean, std, len(parsed))
+
+    def roll_out_anyway(self, decision: GateDecision) -> GateDecision:
+        """A skipped problem rolled out after all (to fill a short batch). Its outcome counts as an audit's:
+        which gated problems fill a batch depends on the order they were drawn in, not on their outcomes,
+        so they are as fair a sample of the gate's decisions as the random audits."""
+        if decision.rolled_out:
+            raise ValueError("only a gated, un-audited problem can be rolled out anyway")
+        for counts in (self._window, self._total):
+            counts.audited += 1
+        return replace(decision, audited=True)
 
     def record_outcome(
         self, decision: GateDecision, truly_zero_variance: bool, pass_rate: float | None = None
