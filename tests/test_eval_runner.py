@@ -136,6 +136,16 @@ def test_paper_meta_prompt_with_reasoning_reads_the_json_after_the_block(tiny, t
     assert result.meta["pass_rate"]["mae"] == pytest.approx(0.25)
 
 
+def test_terse_meta_prompt_is_asked_without_the_default_system_turn(tiny, tmp_path):
+    # A model trained on the terse prompt is asked it as it was trained: without SmolLM's system turn.
+    settings = EvalSettings(n=4, meta=True, meta_n=3, max_tokens=16, meta_prompt="terse")
+    result, engine = _run(tiny, tmp_path, settings)
+    assert engine.meta_prompts and all(
+        "tries as JSON only" in t and "SmolLM" not in t for t in engine.meta_prompts
+    )
+    assert result.meta["parse_rate"] == 1.0
+
+
 def test_predictions_are_also_read_as_the_models_expected_count(tiny, tmp_path):
     model, tokenizer = tiny
     belief = [0, 0, 0, 0, 0.5, 0, 0, 0, 0.5]  # states 4/8 (META), believes 6/8 on average

@@ -232,6 +232,17 @@ def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_p
     assert text.startswith("{") and "<meta>" not in text and '"pass_rate": 4' in text
 
 
+def test_terse_meta_prompt_is_trained_without_the_default_system_turn(tmp_path, monkeypatch):
+    seen = _record_updates(monkeypatch)
+    trainer = _trainer(tmp_path, "masa", "meta.prompt=terse", "meta.expert_sft=true", "meta.expert_source=step")
+    trainer.train_step()
+    for kind in ("meta", "expert"):
+        prompt = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == kind).prompt_ids)
+        assert "Predict your 8 tries as JSON only" in prompt and "SmolLM" not in prompt
+    solution = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == "solution").prompt_ids)
+    assert "SmolLM" in solution  # the solution prompt is GRPO's, system turn and all
+
+
 def test_expert_targets_from_the_step_share_its_meta_prompts(tmp_path, monkeypatch):
     seen = _record_updates(monkeypatch)
     trainer = _trainer(

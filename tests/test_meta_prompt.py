@@ -101,3 +101,39 @@ def test_compact_schema_is_not_a_parseable_answer():
 def test_unknown_style_is_rejected():
     with pytest.raises(ValueError, match="compact"):
         build_meta_prompt("x", max_response_tokens=64, style="short")
+
+
+def test_terse_prompt_drops_the_default_system_turn_and_is_under_two_thirds_of_compact(tiny):
+    from masa.meta.prompt import SYSTEM_TURN
+    from masa.prompts import encode_user_message
+
+    _, tokenizer = tiny
+    problem = "What is 49 + 6?"
+
+    def ids(style):
+        text = build_meta_prompt(problem, max_response_tokens=64, style=style, reasoning=False, notions=False)
+        return encode_user_message(tokenizer, text, system_turn=SYSTEM_TURN[style])
+
+    compact, terse = ids("compact"), ids("terse")
+    assert "SmolLM" in tokenizer.decode(compact) and "SmolLM" not in tokenizer.decode(terse)
+    assert problem in tokenizer.decode(terse)
+    assert len(terse) < 0.7 * len(compact)
+
+
+@pytest.mark.parametrize("reasoning", [True, False])
+@pytest.mark.parametrize("notions", [True, False])
+def test_terse_prompt_states_the_fields_and_ranges_and_cannot_be_copied(reasoning, notions):
+    text = build_meta_prompt(
+        "Compute 2 + 3.",
+        max_response_tokens=500,
+        min_length=20,
+        style="terse",
+        reasoning=reasoning,
+        notions=notions,
+    )
+    assert text.startswith("Compute 2 + 3.\n")
+    for field in ('"pass_rate": <0-8', '"solution_length": <20-500', "8 tries"):
+        assert field in text
+    assert ('"math_notion"' in text) is notions
+    assert ("<meta>" in text) is reasoning
+    assert not parse_meta_prediction(text).any_parsed

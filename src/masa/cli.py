@@ -19,6 +19,7 @@ from masa.config import (
     describe_options,
     load_config,
 )
+from masa.meta.prompt import PROMPT_STYLES
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -122,7 +123,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--meta-prompt",
-        choices=("paper", "compact"),
+        choices=PROMPT_STYLES,
         default=MetaConfig.prompt,
         help=f"meta prompt wording, as the model was trained with (meta.prompt; default {MetaConfig.prompt})",
     )

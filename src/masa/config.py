@@ -173,7 +173,7 @@ class MetaConfig:
     measures the saving). A batching engine's numerics depend slightly on what else is in its batch, so the
     solutions are then not sample-identical to a GRPO run's at the same weights; false keeps them so (the
     meta.loss_weight=0 ablation). The HF engine generates the two one after the other either way."""
-    prompt: Literal["paper", "compact"] = "compact"
+    prompt: Literal["paper", "compact", "terse"] = "compact"
     """The meta prompt's wording: the paper's (about 210 tokens with the chat scaffold on the embedded model)
     or a compact one-line schema with the same fields (about 110). Compact by default: with reasoning=false
     it made a MASA step 19.7 s against 34.3 s (2.1x GRPO's, not 3.7x) with accuracy and alignment within

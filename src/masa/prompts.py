@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 DEFAULT_SOLUTION_TEMPLATE = "{problem}\nPut the final answer in \\boxed{{}}."
@@ -16,15 +17,29 @@ def solution_prompt(
     return text
 
 
-def encode_user_message(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_user_message(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, system_turn: bool = True
+) -> list[int]:
     """Token ids of a one-turn chat ending where the assistant's answer begins.
 
-    Models without a chat template (base models) get the plain text followed by a newline.
+    ``system_turn=False`` drops a system turn the chat template adds by itself (SmolLM2's is 20 tokens): the
+    shorter of the chat without a system message and with an empty one, since a template either fills in
+    its default when none is given or adds nothing. Models without a chat template (base models) get the
+    plain text followed by a newline.
     """
-    if tokenizer.chat_template:
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-        return list(ids)
-    return tokenizer(text + "\n", add_special_tokens=True)["input_ids"]
+    if not tokenizer.chat_template:
+        return tokenizer(text + "\n", add_special_tokens=True)["input_ids"]
+    user = {"role": "user", "content": text}
+    ids = _chat_ids(tokenizer, [user])
+    if system_turn:
+        return ids
+    try:
+        with_empty_system = _chat_ids(tokenizer, [{"role": "system", "content": ""}, user])
+    except TemplateError:  # a template that has no system role (Gemma's) says so by raising
+        return ids
+    return min(ids, with_empty_system, key=len)
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)

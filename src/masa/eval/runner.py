@@ -52,7 +52,7 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
-from masa.meta.prompt import build_meta_prompt, parse_meta_answer
+from masa.meta.prompt import SYSTEM_TURN, build_meta_prompt, parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
@@ -410,7 +410,10 @@ def _evaluate_batch(
     groups = counters.generate(engine, prompts, settings.n, params)
     meta_groups: list[list[Rollout]] = []
     if settings.meta:
-        meta_prompts = [encode_user_message(tokenizer, _meta_prompt(p, settings)) for p in batch]
+        system_turn = SYSTEM_TURN[settings.meta_prompt]
+        meta_prompts = [
+            encode_user_message(tokenizer, _meta_prompt(p, settings), system_turn=system_turn) for p in batch
+        ]
         meta_params = dataclasses.replace(params, watch_token_ids=count_ids)
         meta_groups = counters.generate(engine, meta_prompts, settings.meta_n, meta_params)
     rows = []

@@ -36,6 +36,11 @@ META_PROMPT_TEMPLATE = (
 # The compact prompts state the keys once, as a schema whose values say what to put there: about a third
 # of the paper prompt's tokens, and nothing in it is a valid answer that could be copied verbatim.
 _COMPACT_INTRO = "Predict your own solution to this problem; do not solve it.\nProblem: {problem}\n"
+# The terse prompt is the compact one cut to what a short-answer task needs: the problem, one instruction and
+# a schema of bare ranges. It is also asked without the chat template's default system turn (see
+# ``SYSTEM_TURN``): on the embedded model the two cut a compact JSON-only prompt from 97 tokens to 62, and the
+# meta prompts are most of what a MASA step's update runs beyond GRPO's (benchmarks/README.md).
+_TERSE_INTRO = "{problem}\nDo not solve it. "
 TEMPLATES = {
     ("paper", True): META_PROMPT_TEMPLATE,
     ("paper", False): _PAPER_INTRO
@@ -44,9 +49,14 @@ TEMPLATES = {
     + "{example}",
     ("compact", True): _COMPACT_INTRO + "Think briefly in <meta></meta>, then write this JSON: {schema}",
     ("compact", False): _COMPACT_INTRO + "Reply with this JSON only: {schema}",
+    ("terse", True): _TERSE_INTRO
+    + "Think briefly in <meta></meta>, then predict your {scale} tries as JSON: {schema}",
+    ("terse", False): _TERSE_INTRO + "Predict your {scale} tries as JSON only: {schema}",
 }
 """Built-in templates by (``meta.prompt``, ``meta.reasoning``)."""
-PROMPT_STYLES = ("paper", "compact")
+PROMPT_STYLES = ("paper", "compact", "terse")
+SYSTEM_TURN = {"paper": True, "compact": True, "terse": False}
+"""Whether a style's prompt keeps the chat template's default system turn (``encode_user_message``)."""
 
 _PLACEHOLDER = re.compile(r"\{(problem|notion_key|scale|min_length|max_length|example|schema)\}")
 
@@ -88,8 +98,9 @@ def build_meta_prompt(
 ) -> str:
     """The user-message text of the meta prompt for one bare problem statement.
 
-    ``style`` is ``paper`` (the paper's wording, keys explained one by one) or ``compact`` (a one-line
-    schema); ``reasoning=False`` asks for the JSON alone, without a <meta> reasoning block. ``notion_word``
+    ``style`` is ``paper`` (the paper's wording, keys explained one by one), ``compact`` (a one-line
+    schema) or ``terse`` (the problem, one instruction and a schema of bare ranges; encode it without the
+    default system turn, ``SYSTEM_TURN``); ``reasoning=False`` asks for the JSON alone, without a <meta> reasoning block. ``notion_word``
     names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any key ending in
     "notion(s)". A custom ``template`` replaces the built-in one and may use the placeholders {problem},
     {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}. ``notions=False`` (a task
@@ -111,17 +122,23 @@ def build_meta_prompt(
         "min_length": str(low),
         "max_length": str(high),
         "example": example,
-        "schema": (
-            "{"
-            + (f'"{notion_word}": [concepts used], ' if notions else "")
-            + f'"pass_rate": <0-{pass_rate_scale}: right answers in {pass_rate_scale} tries>, '
-            + f'"solution_length": <{low}-{high}: tokens in your solution>}}'
-        ),
+        "schema": _schema(style, notion_word if notions else None, pass_rate_scale, low, high),
     }
     chosen = TEMPLATES[style, reasoning] if template is None else template
     if not notions:
         chosen = "\n".join(line for line in chosen.split("\n") if "{notion_key}" not in line)
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], chosen)
+
+
+def _schema(style: str, notion_word: str | None, scale: int, low: int, high: int) -> str:
+    """The one-line JSON schema of the compact and terse prompts: each value says what goes there."""
+    notion = "" if notion_word is None else f'"{notion_word}": [concepts used], '
+    if style == "terse":
+        return f'{{{notion}"pass_rate": <0-{scale} right>, "solution_length": <{low}-{high} tokens>}}'
+    return (
+        f'{{{notion}"pass_rate": <0-{scale}: right answers in {scale} tries>, '
+        f'"solution_length": <{low}-{high}: tokens in your solution>}}'
+    )
 
 
 EXAMPLE_NOTIONS = ["concept one", "concept two"]

@@ -1,0 +1,40 @@
+"""Chat encoding of prompts: the system turn a template adds by itself, kept or dropped."""
+
+import copy
+
+import pytest
+
+from masa.prompts import encode_user_message
+
+
+@pytest.fixture
+def tokenizer(tiny):
+    return copy.deepcopy(tiny[1])
+
+
+def test_dropping_the_system_turn_removes_the_templates_default_and_keeps_the_message(tokenizer):
+    kept = encode_user_message(tokenizer, "What is 2 + 2?")
+    dropped = encode_user_message(tokenizer, "What is 2 + 2?", system_turn=False)
+    assert "You are a helpful AI assistant" in tokenizer.decode(kept)
+    assert "You are a helpful AI assistant" not in tokenizer.decode(dropped)
+    assert tokenizer.decode(dropped).endswith("user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_template_without_a_default_system_turn_is_unchanged(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert encode_user_message(tokenizer, "2 + 2?", system_turn=False) == encode_user_message(
+        tokenizer, "2 + 2?"
+    )
+
+
+def test_a_template_that_rejects_a_system_role_still_encodes(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<start_of_turn>{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    )
+    assert encode_user_message(tokenizer, "2 + 2?", system_turn=False) == encode_user_message(
+        tokenizer, "2 + 2?"
+    )
