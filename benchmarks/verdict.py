@@ -134,6 +134,16 @@ ARMS = {
         "meta.expert_source=step",
         "meta.n=2",
     ],
+    # The same, with no optimiser step where every solution group is flat: in verdict-s20-fill seed 2 lost
+    # its solving over steps 11-20, nearly all of them updates of the meta and expert terms alone.
+    "masa-efficient-lean-m2-skip": [
+        "algo=masa-efficient",
+        "efficient.switch=steps",
+        "efficient.warmup_steps=8",
+        "meta.expert_source=step",
+        "meta.n=2",
+        "meta.steps_without_solution_signal=skip",
+    ],
 }
 # M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since,
 # M = 2 under algo=masa since verdict-s18-40steps); the arms measured on them pin them, so that a rerun
@@ -149,6 +159,7 @@ S14_ARMS = (
     "masa-terse-m2",
     "masa-efficient-lean",
     "masa-efficient-lean-m2",
+    "masa-efficient-lean-m2-skip",
 )
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {
@@ -710,6 +721,7 @@ def targets(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
         ("masa-efficient-steps-new", "MASA-efficient (new defaults), step switch"),
         ("masa-efficient-lean", "MASA-efficient lean, step switch"),
         ("masa-efficient-lean-m2", "MASA-efficient lean, M=2, step switch"),
+        ("masa-efficient-lean-m2-skip", "MASA-efficient lean, M=2, step switch, no auxiliary-only steps"),
     ):
         eff = by_arm.get(arm, [])
         baseline = _same_seeds(grpo, eff)

@@ -135,3 +135,29 @@ def test_gradient_cosine_is_nan_free_when_a_kind_has_no_signal(tiny):
     )
     assert "grad/norm_solution" in log and not math.isnan(log["grad/norm_solution"])
     assert "grad/norm_meta" not in log
+
+
+@pytest.mark.parametrize("mode", ["train", "skip"])
+def test_a_batch_without_solution_signal_trains_its_auxiliary_terms_alone_or_not_at_all(tiny, mode):
+    model, _ = tiny
+    flat = [
+        TrainSequence([1, 2, 3], [4, 5, 6], 0.0),
+        TrainSequence([1, 2, 3], [7, 8, 9], 0.0),
+        *_sequences()[2:],  # a meta row with an advantage and an expert target
+    ]
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    before = torch.cat([p.detach().flatten() for p in copy.parameters()])
+    optimizer = torch.optim.AdamW(copy.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    log = policy_update(
+        copy, optimizer, scheduler, flat, UpdateSettings(auxiliary_alone=mode == "train"), pad_id=0
+    )
+    after = torch.cat([p.detach().flatten() for p in copy.parameters()])
+    assert torch.equal(before, after) is (mode == "skip")
+    assert log["update/skipped_minibatches"] == (mode == "skip")
+    assert log["update/trained_sequences"] == (0 if mode == "skip" else 2)
+    # One solution row with a signal is enough for the auxiliary terms to ride along.
+    ridden = [TrainSequence([1, 2, 3], [4, 5, 6], 1.0), *flat[1:]]
+    log = policy_update(copy, optimizer, scheduler, ridden, UpdateSettings(auxiliary_alone=False), pad_id=0)
+    assert log["update/trained_sequences"] == 3

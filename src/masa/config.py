@@ -213,6 +213,11 @@ class MetaConfig:
     loss_aggregation: Literal["per_kind", "joint"] = "per_kind"
     """per_kind: the budget above. joint: one token-mean over solution and meta tokens together (the paper's
     batch; meta then owns the update in proportion to its tokens), with loss_weight scaling meta tokens."""
+    steps_without_solution_signal: Literal["train", "skip"] = "train"
+    """A step whose solution groups are all flat (no learning signal): train its meta and expert terms
+    alone (the paper's update), or skip its optimiser step, so that those terms only ride along with a
+    solution update. AdamW scales each weight's step by its recent gradient size, not this step's, so a
+    step of the meta and expert terms alone can be nearly as large as one on the whole objective."""
     expert_sft: bool = True
     """Supervised steps on self-generated expert meta trajectories (paper v1). On by default: a model that
     cannot yet write the meta format gets no meta reward variance, so without it the meta path never starts

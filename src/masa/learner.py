@@ -83,6 +83,7 @@ class Learner:
             else None,
             kind_weights={"solution": 1.0, "meta": mc.loss_weight, "expert": mc.expert_weight},
             aggregation=mc.loss_aggregation,
+            auxiliary_alone=mc.steps_without_solution_signal == "train",
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()

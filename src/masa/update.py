@@ -535,6 +535,9 @@ class UpdateSettings:
     aggregation: Literal["per_kind", "joint"] = "per_kind"
     """per_kind: each kind is its own token-mean. joint: solutions and metas share one token-mean (the
     paper's GRPO batch), so the kind with more tokens owns more of the update; expert rows stay their own."""
+    auxiliary_alone: bool = True
+    """False: a mini-batch in which no solution row has a learning signal trains nothing (no optimiser step),
+    so the meta and expert terms never move the weights by themselves."""
 
 
 def kind_token_counts(sequences: Sequence[TrainSequence], indices: Sequence[int]) -> torch.Tensor:
@@ -730,6 +733,10 @@ def policy_update(
             for i in mini
             if scales[i] > 0 and (sequences[i].has_signal or (with_kl and sequences[i].kind != "expert"))
         ]
+        if not settings.auxiliary_alone and not any(
+            sequences[i].kind == "solution" and sequences[i].has_signal for i in active
+        ):
+            active = []
         # Micro-batches hold one kind each (similar prompts pad less; per-kind gradients can be read), except
         # that expert targets, which have meta prompts, run with the meta rows (see _lanes). With prefix
         # sharing, a prompt's completions sit together to share one prompt pass.
