@@ -234,7 +234,9 @@ def test_compact_json_only_meta_path_prompts_and_targets_without_reasoning(tmp_p
 
 def test_terse_meta_prompt_is_trained_without_the_default_system_turn(tmp_path, monkeypatch):
     seen = _record_updates(monkeypatch)
-    trainer = _trainer(tmp_path, "masa", "meta.prompt=terse", "meta.expert_sft=true", "meta.expert_source=step")
+    trainer = _trainer(
+        tmp_path, "masa", "meta.prompt=terse", "meta.expert_sft=true", "meta.expert_source=step"
+    )
     trainer.train_step()
     for kind in ("meta", "expert"):
         prompt = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == kind).prompt_ids)
