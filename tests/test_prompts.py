@@ -20,21 +20,22 @@ def test_dropping_the_system_turn_removes_the_templates_default_and_keeps_the_me
     assert tokenizer.decode(dropped).endswith("user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_a_template_without_a_default_system_turn_is_unchanged(tokenizer):
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    assert encode_user_message(tokenizer, "2 + 2?", system_turn=False) == encode_user_message(
-        tokenizer, "2 + 2?"
-    )
+NO_DEFAULT_SYSTEM = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+NO_SYSTEM_ROLE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<start_of_turn>{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+)
 
 
-def test_a_template_that_rejects_a_system_role_still_encodes(tokenizer):
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-        "{% endif %}<start_of_turn>{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-    )
+@pytest.mark.parametrize(
+    "template", [NO_DEFAULT_SYSTEM, NO_SYSTEM_ROLE], ids=["no-default", "no-system-role"]
+)
+def test_without_a_default_system_turn_the_encoding_is_unchanged(tokenizer, template):
+    # A template that adds no system turn of its own, or that rejects a system role by raising.
+    tokenizer.chat_template = template
     assert encode_user_message(tokenizer, "2 + 2?", system_turn=False) == encode_user_message(
         tokenizer, "2 + 2?"
     )
