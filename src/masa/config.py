@@ -178,7 +178,9 @@ class MetaConfig:
     or a compact one-line schema with the same fields (about 110). Compact by default: with reasoning=false
     it made a MASA step 19.7 s against 34.3 s (2.1x GRPO's, not 3.7x) with accuracy and alignment within
     noise of the paper's reasoned prompt (benchmarks/README.md, "A cheaper step"); meta.preset=paper
-    restores the paper's."""
+    restores the paper's. terse: a schema of bare ranges, without the chat template's default system turn
+    (about 60); 4% off a MASA step here, with alignment about 1.5 SE lower (verdict-s21), so not the
+    default."""
     reasoning: bool = False
     """Ask for brief reasoning in a <meta> block before the JSON; false asks for the JSON alone (and expert
     targets are the JSON alone). False by default: reasoning more than doubled the meta tokens a step (1772
