@@ -120,6 +120,14 @@ ARMS = {
     # turn dropped): the meta prompts, forwarded and backpropagated for every problem of the step, are most
     # of the update MASA adds to GRPO's (verdict-s20-40steps: 4.6 of its 7.7 s).
     "masa-terse-m2": ["algo=masa", "meta.expert_source=step", "meta.n=2", "meta.prompt=terse"],
+    # No optimiser step where every solution group is flat (29% of masa-lean-m2's steps in verdict-s20-40steps,
+    # 1.6 s a step of update and weight sync): the meta and expert terms ride along with solution updates only.
+    "masa-lean-m2-skip": [
+        "algo=masa",
+        "meta.expert_source=step",
+        "meta.n=2",
+        "meta.steps_without_solution_signal=skip",
+    ],
     "masa-efficient-lean": [
         "algo=masa-efficient",
         "efficient.switch=steps",
@@ -157,6 +165,7 @@ S14_ARMS = (
     "masa-lean",
     "masa-lean-m2",
     "masa-terse-m2",
+    "masa-lean-m2-skip",
     "masa-efficient-lean",
     "masa-efficient-lean-m2",
     "masa-efficient-lean-m2-skip",
@@ -168,6 +177,7 @@ MASA_CANDIDATES = {
     "masa-lean": "MASA lean (step's expert targets, M=4)",
     "masa-lean-m2": "MASA lean, M=2",
     "masa-terse-m2": "MASA lean, M=2, terse meta prompt",
+    "masa-lean-m2-skip": "MASA lean, M=2, no auxiliary-only steps",
 }
 """The MASA arms each target line is reported for (those that ran)."""
 GATE_SIGMA = 0.1
