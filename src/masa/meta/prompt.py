@@ -100,10 +100,10 @@ def build_meta_prompt(
 
     ``style`` is ``paper`` (the paper's wording, keys explained one by one), ``compact`` (a one-line
     schema) or ``terse`` (the problem, one instruction and a schema of bare ranges; encode it without the
-    default system turn, ``SYSTEM_TURN``); ``reasoning=False`` asks for the JSON alone, without a <meta> reasoning block. ``notion_word``
-    names the notion key (e.g. ``code_notion`` for another domain); the parser accepts any key ending in
-    "notion(s)". A custom ``template`` replaces the built-in one and may use the placeholders {problem},
-    {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}. ``notions=False`` (a task
+    default system turn, ``SYSTEM_TURN``); ``reasoning=False`` asks for the JSON alone, without a <meta>
+    reasoning block. ``notion_word`` names the notion key (e.g. ``code_notion`` for another domain); the
+    parser accepts any key ending in "notion(s)". A custom ``template`` replaces the built-in one and may use
+    the placeholders {problem}, {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}. ``notions=False`` (a task
     without notions) drops the template's lines naming {notion_key} and the key from the example and schema.
     """
     if pass_rate_scale < 1:
