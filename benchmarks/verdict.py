@@ -128,6 +128,14 @@ ARMS = {
         "meta.n=2",
         "meta.steps_without_solution_signal=skip",
     ],
+    # Both: each took about 5% off the step, at different parts of it (verdict-s21, verdict-s21-mskip).
+    "masa-terse-skip-m2": [
+        "algo=masa",
+        "meta.expert_source=step",
+        "meta.n=2",
+        "meta.prompt=terse",
+        "meta.steps_without_solution_signal=skip",
+    ],
     "masa-efficient-lean": [
         "algo=masa-efficient",
         "efficient.switch=steps",
@@ -166,6 +174,7 @@ S14_ARMS = (
     "masa-lean-m2",
     "masa-terse-m2",
     "masa-lean-m2-skip",
+    "masa-terse-skip-m2",
     "masa-efficient-lean",
     "masa-efficient-lean-m2",
     "masa-efficient-lean-m2-skip",
@@ -178,6 +187,7 @@ MASA_CANDIDATES = {
     "masa-lean-m2": "MASA lean, M=2",
     "masa-terse-m2": "MASA lean, M=2, terse meta prompt",
     "masa-lean-m2-skip": "MASA lean, M=2, no auxiliary-only steps",
+    "masa-terse-skip-m2": "MASA lean, M=2, terse prompt, no auxiliary-only steps",
 }
 """The MASA arms each target line is reported for (those that ran)."""
 GATE_SIGMA = 0.1
