@@ -30,7 +30,7 @@ from masa.config import RolloutConfig
 from masa.data.arithmetic import arithmetic_splits
 from masa.meta.prompt import build_meta_prompt
 from masa.models import cpu_name, load_model, load_tokenizer, resolve_autocast
-from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
 from masa.rollout import build_engine
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import GenerationRequest, SamplingParams
@@ -56,7 +56,7 @@ def main() -> None:
         encode_user_message(tokenizer, solution_prompt(p.prompt, DEFAULT_SOLUTION_TEMPLATE)) for p in problems
     ]
     meta_ids = [
-        encode_user_message(
+        encode_meta_prompt(
             tokenizer,
             build_meta_prompt(
                 p.prompt,
@@ -65,6 +65,7 @@ def main() -> None:
                 reasoning=not args.json_only,
                 notions=False,  # as the trainer asks on the arithmetic task, which has none
             ),
+            args.meta_prompt,
         )
         for p in problems
     ]

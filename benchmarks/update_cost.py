@@ -32,7 +32,7 @@ from masa.config import load_config, meta_rollouts
 from masa.data.arithmetic import arithmetic_splits
 from masa.meta.prompt import build_meta_prompt, render_meta_json
 from masa.models import cpu_name, load_model, resolve_autocast
-from masa.prompts import encode_user_message, solution_prompt
+from masa.prompts import encode_meta_prompt, encode_user_message, solution_prompt
 from masa.update import TrainSequence, UpdateSettings, policy_update
 
 ROOT = Path(__file__).resolve().parent
@@ -83,9 +83,8 @@ def main() -> None:
 
     meta_prompts = {
         name: [
-            encode_user_message(
-                tokenizer,
-                build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning),
+            encode_meta_prompt(
+                tokenizer, build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning), style
             )
             for p in problems
         ]
@@ -187,8 +186,8 @@ def main() -> None:
     for name, (style, reasoning) in META_PATHS.items():
         prompt_tokens = statistics.fmean(
             len(
-                encode_user_message(
-                    tokenizer, build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning)
+                encode_meta_prompt(
+                    tokenizer, build_meta_prompt(p.prompt, **limits, style=style, reasoning=reasoning), style
                 )
             )
             for p in counted

@@ -104,15 +104,14 @@ def test_unknown_style_is_rejected():
 
 
 def test_terse_prompt_drops_the_default_system_turn_and_is_under_two_thirds_of_compact(tiny):
-    from masa.meta.prompt import SYSTEM_TURN
-    from masa.prompts import encode_user_message
+    from masa.prompts import encode_meta_prompt
 
     _, tokenizer = tiny
     problem = "What is 49 + 6?"
 
     def ids(style):
         text = build_meta_prompt(problem, max_response_tokens=64, style=style, reasoning=False, notions=False)
-        return encode_user_message(tokenizer, text, system_turn=SYSTEM_TURN[style])
+        return encode_meta_prompt(tokenizer, text, style)
 
     compact, terse = ids("compact"), ids("terse")
     assert "SmolLM" in tokenizer.decode(compact) and "SmolLM" not in tokenizer.decode(terse)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from masa.meta.prompt import SYSTEM_TURN
+
 DEFAULT_SOLUTION_TEMPLATE = "{problem}\nPut the final answer in \\boxed{{}}."
 
 
@@ -38,6 +40,12 @@ def encode_user_message(
     except TemplateError:  # a template that has no system role (Gemma's) says so by raising
         return ids
     return min(ids, with_empty_system, key=len)
+
+
+def encode_meta_prompt(tokenizer: PreTrainedTokenizerBase, text: str, style: str) -> list[int]:
+    """Token ids of a meta prompt (``build_meta_prompt``'s text) in the chat its style asks for: the terse
+    style without the template's default system turn (``SYSTEM_TURN``)."""
+    return encode_user_message(tokenizer, text, system_turn=SYSTEM_TURN[style])
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

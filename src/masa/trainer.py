@@ -45,12 +45,12 @@ from masa.learner import Learner, weights_source
 from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
 from masa.meta.parse import MetaPrediction
-from masa.meta.prompt import SYSTEM_TURN, build_meta_prompt, parse_meta_answer
+from masa.meta.prompt import build_meta_prompt, parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
-from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
 from masa.rollout import build_engine
@@ -377,7 +377,7 @@ class Trainer:
             reasoning=mc.reasoning,
             notions=self.notions,
         )
-        return encode_user_message(self.tokenizer, text, system_turn=SYSTEM_TURN[mc.prompt])
+        return encode_meta_prompt(self.tokenizer, text, mc.prompt)
 
     def _decode(self, rollouts: list[Rollout]) -> list[str]:
         return self.tokenizer.batch_decode([r.completion_ids for r in rollouts], skip_special_tokens=True)

@@ -52,11 +52,11 @@ from masa.eval.plots import (
     plot_length_scatter,
     plot_pass_rate_scatter,
 )
-from masa.meta.prompt import SYSTEM_TURN, build_meta_prompt, parse_meta_answer
+from masa.meta.prompt import build_meta_prompt, parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
-from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, solution_prompt
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
 from masa.rollout.engine import HFEngine, RolloutEngine
 from masa.rollout.types import FinishReason, Rollout, SamplingParams
 from masa.runfiles import append_jsonl, write_text
@@ -410,9 +410,8 @@ def _evaluate_batch(
     groups = counters.generate(engine, prompts, settings.n, params)
     meta_groups: list[list[Rollout]] = []
     if settings.meta:
-        system_turn = SYSTEM_TURN[settings.meta_prompt]
         meta_prompts = [
-            encode_user_message(tokenizer, _meta_prompt(p, settings), system_turn=system_turn) for p in batch
+            encode_meta_prompt(tokenizer, _meta_prompt(p, settings), settings.meta_prompt) for p in batch
         ]
         meta_params = dataclasses.replace(params, watch_token_ids=count_ids)
         meta_groups = counters.generate(engine, meta_prompts, settings.meta_n, meta_params)

@@ -56,7 +56,7 @@ TEMPLATES = {
 """Built-in templates by (``meta.prompt``, ``meta.reasoning``)."""
 PROMPT_STYLES = ("paper", "compact", "terse")
 SYSTEM_TURN = {"paper": True, "compact": True, "terse": False}
-"""Whether a style's prompt keeps the chat template's default system turn (``encode_user_message``)."""
+"""Whether a style's prompt keeps the chat template's default system turn (``masa.prompts.encode_meta_prompt``)."""
 
 _PLACEHOLDER = re.compile(r"\{(problem|notion_key|scale|min_length|max_length|example|schema)\}")
 
@@ -100,11 +100,12 @@ def build_meta_prompt(
 
     ``style`` is ``paper`` (the paper's wording, keys explained one by one), ``compact`` (a one-line
     schema) or ``terse`` (the problem, one instruction and a schema of bare ranges; encode it without the
-    default system turn, ``SYSTEM_TURN``); ``reasoning=False`` asks for the JSON alone, without a <meta>
+    default system turn); ``reasoning=False`` asks for the JSON alone, without a <meta>
     reasoning block. ``notion_word`` names the notion key (e.g. ``code_notion`` for another domain); the
     parser accepts any key ending in "notion(s)". A custom ``template`` replaces the built-in one and may use
-    the placeholders {problem}, {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}. ``notions=False`` (a task
-    without notions) drops the template's lines naming {notion_key} and the key from the example and schema.
+    the placeholders {problem}, {notion_key}, {scale}, {min_length}, {max_length}, {example} and {schema}.
+    ``notions=False`` (a task without notions) drops the template's lines naming {notion_key} and the key from
+    the example and schema. ``masa.prompts.encode_meta_prompt`` encodes the text as its style asks.
     """
     if pass_rate_scale < 1:
         raise ValueError(f"pass_rate_scale must be >= 1, got {pass_rate_scale}")
