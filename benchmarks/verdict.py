@@ -160,6 +160,18 @@ ARMS = {
         "meta.n=2",
         "meta.steps_without_solution_signal=skip",
     ],
+    # The same with the early cutoff off (a cutoff floor above the token budget makes every limit the budget):
+    # skip halved seed 2's fall in verdict-s21-skip; whatever remains came in steps with a solution signal,
+    # where the cutoff is what still differs from MASA.
+    "masa-efficient-lean-m2-skip-nocut": [
+        "algo=masa-efficient",
+        "efficient.switch=steps",
+        "efficient.warmup_steps=8",
+        "meta.expert_source=step",
+        "meta.n=2",
+        "meta.steps_without_solution_signal=skip",
+        "efficient.cutoff_min_tokens=1000000",
+    ],
 }
 # M = 8 and the expert buffer were masa's defaults until verdict-s14 (M = 4 and the step's own targets since,
 # M = 2 under algo=masa since verdict-s18-40steps); the arms measured on them pin them, so that a rerun
@@ -178,6 +190,7 @@ S14_ARMS = (
     "masa-efficient-lean",
     "masa-efficient-lean-m2",
     "masa-efficient-lean-m2-skip",
+    "masa-efficient-lean-m2-skip-nocut",
 )
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
 MASA_CANDIDATES = {
@@ -742,6 +755,10 @@ def targets(by_arm: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
         ("masa-efficient-lean", "MASA-efficient lean, step switch"),
         ("masa-efficient-lean-m2", "MASA-efficient lean, M=2, step switch"),
         ("masa-efficient-lean-m2-skip", "MASA-efficient lean, M=2, step switch, no auxiliary-only steps"),
+        (
+            "masa-efficient-lean-m2-skip-nocut",
+            "MASA-efficient lean, M=2, step switch, no auxiliary-only steps, no cutoff",
+        ),
     ):
         eff = by_arm.get(arm, [])
         baseline = _same_seeds(grpo, eff)
