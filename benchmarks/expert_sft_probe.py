@@ -26,9 +26,8 @@ from masa.checkpoint import load_trainer_state
 from masa.config import Config
 from masa.data.problem import Problem
 from masa.meta.parse import parse_meta_prediction
-from masa.meta.prompt import build_meta_prompt
 from masa.models import load_model, resolve_autocast
-from masa.prompts import encode_user_message
+from masa.prompts import run_meta_prompt_ids
 from masa.rollout.engine import HFEngine
 from masa.rollout.types import SamplingParams
 from masa.trainer import load_problem_splits, load_run_config
@@ -36,19 +35,6 @@ from masa.update import TrainSequence, UpdateSettings, policy_update
 
 ROOT = Path(__file__).resolve().parent
 Buffer = list[tuple[list[int], list[int]]]
-
-
-def meta_prompt_ids(tokenizer: PreTrainedTokenizerBase, problem: Problem, config: Config) -> list[int]:
-    """The meta prompt exactly as the run's trainer built it."""
-    mc = config.meta
-    text = build_meta_prompt(
-        problem.prompt,
-        pass_rate_scale=mc.pass_rate_scale,
-        max_response_tokens=config.rollout.max_new_tokens,
-        min_length=mc.min_length,
-        notion_word=mc.notion_word,
-    )
-    return encode_user_message(tokenizer, text)
 
 
 def target_pass_rates_by_level(
@@ -79,7 +65,7 @@ def predicted_by_level(
     """Mean predicted pass rate per level, the parse rate, and the level-prediction correlation."""
     mc, scale = config.meta, config.meta.pass_rate_scale
     engine = HFEngine(model, tokenizer, max_batch_sequences=64, autocast_dtype=autocast)
-    prompts = [meta_prompt_ids(tokenizer, p, config) for p in problems]
+    prompts = [run_meta_prompt_ids(tokenizer, p.prompt, config) for p in problems]
     torch.manual_seed(args.seed)
     params = SamplingParams(config.rollout.temperature, config.rollout.top_p, mc.max_new_tokens)
     groups = engine.generate(prompts, args.meta_n, params)
@@ -123,7 +109,7 @@ def main() -> None:
     train, held_out = load_problem_splits(config)
     autocast = resolve_autocast("auto", torch.device("cpu"))
     _, tokenizer = load_model(str(args.checkpoint))
-    levels_by_prompt = {tuple(meta_prompt_ids(tokenizer, p, config)): p.difficulty for p in train}
+    levels_by_prompt = {tuple(run_meta_prompt_ids(tokenizer, p.prompt, config)): p.difficulty for p in train}
     targets = target_pass_rates_by_level(buffer, tokenizer, levels_by_prompt, scale)
     problems = held_out[: args.problems]
     rows = []

@@ -28,7 +28,7 @@ from timing import print_table, time_runners, workload_parser
 
 from masa.config import RolloutConfig
 from masa.data.arithmetic import arithmetic_splits
-from masa.meta.prompt import build_meta_prompt
+from masa.meta.prompt import PROMPT_STYLES, build_meta_prompt
 from masa.models import cpu_name, load_model, load_tokenizer, resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
 from masa.rollout import build_engine
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--solution-tokens", type=int, default=64)
     parser.add_argument("--meta-tokens", type=int, default=96)
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
-    parser.add_argument("--meta-prompt", choices=("paper", "compact"), default="paper")
+    parser.add_argument("--meta-prompt", choices=PROMPT_STYLES, default="paper")
     parser.add_argument("--json-only", action="store_true", help="meta answers without reasoning")
     parser.add_argument("--threads", type=int, default=0, help="torch / vLLM threads (0: all cores)")
     args = parser.parse_args()

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from masa.prompts import encode_user_message
+from masa.config import load_config
+from masa.prompts import encode_user_message, run_meta_prompt_ids
 
 
 @pytest.fixture
@@ -39,3 +40,29 @@ def test_without_a_default_system_turn_the_encoding_is_unchanged(tokenizer, temp
     assert encode_user_message(tokenizer, "2 + 2?", system_turn=False) == encode_user_message(
         tokenizer, "2 + 2?"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "present", "absent"),
+    [
+        (
+            ["meta.prompt=terse"],
+            ["Predict your 8 tries", '"solution_length": <1-64 tokens>'],
+            ["SmolLM", "notion"],
+        ),
+        (["meta.prompt=compact", "meta.reasoning=true"], ["SmolLM", "<meta>"], ["notion"]),
+        (
+            ["meta.prompt=compact", "meta.notions=true", "rollout.max_new_tokens=32"],
+            ["math_notion", "32"],
+            [],
+        ),
+    ],
+    ids=["terse", "compact-reasoning", "notions"],
+)
+def test_a_runs_meta_prompt_follows_its_config(tokenizer, overrides, present, absent):
+    # The one encoding the trainer and the benchmarks that rebuild a run's meta prompts share.
+    text = tokenizer.decode(
+        run_meta_prompt_ids(tokenizer, "What is 2 + 2?", load_config(overrides=overrides))
+    )
+    assert "What is 2 + 2?" in text
+    assert all(s in text for s in present) and not any(s in text for s in absent)

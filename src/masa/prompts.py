@@ -5,7 +5,8 @@ from __future__ import annotations
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from masa.meta.prompt import SYSTEM_TURN
+from masa.config import Config, task_has_notions
+from masa.meta.prompt import SYSTEM_TURN, build_meta_prompt
 
 DEFAULT_SOLUTION_TEMPLATE = "{problem}\nPut the final answer in \\boxed{{}}."
 
@@ -46,6 +47,23 @@ def encode_meta_prompt(tokenizer: PreTrainedTokenizerBase, text: str, style: str
     """Token ids of a meta prompt (``build_meta_prompt``'s text) in the chat its style asks for: the terse
     style without the template's default system turn (``SYSTEM_TURN``)."""
     return encode_user_message(tokenizer, text, system_turn=SYSTEM_TURN[style])
+
+
+def run_meta_prompt_ids(tokenizer: PreTrainedTokenizerBase, problem_text: str, config: Config) -> list[int]:
+    """Token ids of a problem's meta prompt as a run with this config asks it: its style, reasoning, limits
+    and whether its task has notions."""
+    mc = config.meta
+    text = build_meta_prompt(
+        problem_text,
+        pass_rate_scale=mc.pass_rate_scale,
+        max_response_tokens=config.rollout.max_new_tokens,
+        min_length=mc.min_length,
+        notion_word=mc.notion_word,
+        style=mc.prompt,
+        reasoning=mc.reasoning,
+        notions=task_has_notions(config),
+    )
+    return encode_meta_prompt(tokenizer, text, mc.prompt)
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

@@ -45,12 +45,12 @@ from masa.learner import Learner, weights_source
 from masa.meta.credit import MetaAdvantages, meta_advantages, token_char_ends
 from masa.meta.expert import build_expert_target, fallback_notions, select_expert_meta
 from masa.meta.parse import MetaPrediction
-from masa.meta.prompt import build_meta_prompt, parse_meta_answer
+from masa.meta.prompt import parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
-from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
+from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_user_message, run_meta_prompt_ids, solution_prompt
 from masa.rewards import solution_rewards
 from masa.rng import RngStreams, stream_seed
 from masa.rollout import build_engine
@@ -366,18 +366,7 @@ class Trainer:
         )
 
     def _meta_ids(self, problem: Problem) -> list[int]:
-        mc = self.cfg.meta
-        text = build_meta_prompt(
-            problem.prompt,
-            pass_rate_scale=mc.pass_rate_scale,
-            max_response_tokens=self.cfg.rollout.max_new_tokens,
-            min_length=mc.min_length,
-            notion_word=mc.notion_word,
-            style=mc.prompt,
-            reasoning=mc.reasoning,
-            notions=self.notions,
-        )
-        return encode_meta_prompt(self.tokenizer, text, mc.prompt)
+        return run_meta_prompt_ids(self.tokenizer, problem.prompt, self.cfg)
 
     def _decode(self, rollouts: list[Rollout]) -> list[str]:
         return self.tokenizer.batch_decode([r.completion_ids for r in rollouts], skip_special_tokens=True)
