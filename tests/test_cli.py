@@ -5,6 +5,7 @@ import json
 import pytest
 
 from masa import cli
+from masa.meta.record import META_RECORD_FILE
 from masa.rollout.engine import HFEngine
 
 EVAL_ARGS = ["--n", "4", "--k", "1", "4", "--max-tokens", "4", "--batch-size", "16"]
@@ -94,6 +95,7 @@ def test_eval_end_to_end_then_resume(problems_file, tmp_path, capsys, generate_c
 def test_report_of_a_tiny_training_run(tmp_path, capsys):
     overrides = [f"train.output_dir={tmp_path}", "train.run_name=r"]
     assert cli.main(["train", "--preset", "tiny", *overrides]) == 0
+    assert not (tmp_path / "r" / "final" / META_RECORD_FILE).exists()  # GRPO never asked a meta question
     report = tmp_path / "report.html"
     assert cli.main(["report", str(tmp_path / "r"), "--out", str(report)]) == 0
     assert report.read_text().startswith("<!DOCTYPE html>")
@@ -101,3 +103,35 @@ def test_report_of_a_tiny_training_run(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_eval_asks_a_masa_model_the_meta_question_it_was_trained_on(problems_file, tmp_path, capsys):
+    overrides = [
+        "algo=masa",
+        "meta.prompt=terse",
+        "train.steps=1",
+        "train.save_every=1",
+        "train.eval_every=0",
+    ]
+    overrides += [f"train.output_dir={tmp_path}", "train.run_name=r"]
+    assert cli.main(["train", "--preset", "tiny", *overrides]) == 0
+    run = tmp_path / "r"
+    for folder in (run / "final", next((run / "checkpoints").iterdir())):
+        recorded = json.loads((folder / META_RECORD_FILE).read_text())
+        assert recorded == {"prompt": "terse", "reasoning": False, "notions": False}  # arithmetic: no notions
+
+    def asked(*flags: str) -> dict:
+        out = tmp_path / f"eval{len(flags)}"
+        args = ["eval", str(run / "final"), "--benchmark", str(problems_file), "--out", str(out), *EVAL_ARGS]
+        assert cli.main([*args, "--meta", "--meta-n", "2", *flags]) == 0
+        settings = json.loads((out / "results.json").read_text())["settings"]
+        return {key: settings[key] for key in ("meta_prompt", "meta_reasoning", "meta_notions")}
+
+    assert asked() == {"meta_prompt": "terse", "meta_reasoning": False, "meta_notions": False}
+    assert "meta prompt: terse, no reasoning, no notions" in capsys.readouterr().out
+    # A flag given wins over the record, and only for what it names.
+    assert asked("--meta-prompt", "paper", "--meta-reasoning") == {
+        "meta_prompt": "paper",
+        "meta_reasoning": True,
+        "meta_notions": False,
+    }

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from masa import cli
+from masa.meta.record import META_RECORD_FILE
 from masa.models import tiny_random_model
 
 NOT_UTF8 = b'{"problem": "caf\xe9 au lait?", "answer": "1"}\n'
@@ -26,6 +27,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for name, data in made.items():
         (root / name).write_bytes(data)
     tiny_random_model(64).save_pretrained(root / "no_tokenizer")  # weights without their tokenizer
+    unknown_style = {"prompt": "short", "reasoning": False, "notions": False}
+    for name, record in {
+        "record_unknown_style": json.dumps(unknown_style),
+        "record_cut_off": '{"prompt": "te',
+    }.items():
+        (root / name).mkdir()
+        (root / name / META_RECORD_FILE).write_text(record)
     run = root / "runs" / "old"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("")  # what a kill used to leave
@@ -90,6 +98,28 @@ CASES = {
         "has no tokenizer",
     ),
     "eval results exist": (lambda f: _eval(f), "continue them with --resume"),
+    "eval model's meta record unknown": (
+        lambda f: [
+            "eval",
+            str(f["root"] / "record_unknown_style"),
+            "--benchmark",
+            str(f["good.jsonl"]),
+            "--out",
+            "o",
+        ],
+        "names a meta prompt masa does not know",
+    ),
+    "eval model's meta record damaged": (
+        lambda f: [
+            "eval",
+            str(f["root"] / "record_cut_off"),
+            "--benchmark",
+            str(f["good.jsonl"]),
+            "--out",
+            "o",
+        ],
+        "masa_meta.json is not a readable meta record",
+    ),
     "eval limit": (lambda f: _eval(f, "--limit", "0"), "--limit must be at least 1"),
     "report of no run": (lambda f: ["report", str(f["root"] / "nowhere")], "does not exist"),
 }

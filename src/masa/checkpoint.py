@@ -6,7 +6,7 @@ import contextlib
 import random
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     *,
     keep: int,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``step-N`` under a temporary name, flush it to disk and rename it into place.
 
@@ -96,6 +97,7 @@ def save_checkpoint(
             with atomic_folder(target) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+                _write_extra_files(tmp, extra_files)
                 _save_state({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
         except WRITE_ERRORS as exc:
             raise CheckpointError(
@@ -133,6 +135,7 @@ def save_sharded_checkpoint(
     *,
     keep: int,
     ranks: Ranks,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """``save_checkpoint`` for state too large to gather (collective: every rank calls it).
 
@@ -153,6 +156,7 @@ def save_sharded_checkpoint(
                 if ranks.is_main:
                     model_config.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
+                    _write_extra_files(tmp, extra_files)
                     _save_state({**trainer_state, "rng": rng_state(), "step": step}, tmp / TRAINER_STATE)
         except (OSError, CheckpointException) as exc:
             raise CheckpointError(
@@ -183,15 +187,28 @@ def _prune(checkpoints_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
+def save_model_folder(
+    folder: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
     """Save a loadable model folder (a run's ``final/``) aside and rename it into place."""
     try:
         with atomic_folder(folder) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            _write_extra_files(tmp, extra_files)
     except WRITE_ERRORS as exc:
         raise CheckpointError(f"could not write the model to {folder} ({exc})") from exc
     return folder
+
+
+def _write_extra_files(folder: Path, extra_files: Mapping[str, str] | None) -> None:
+    """Text files that travel with the weights (``masa.meta.record``'s); the caller's atomic folder makes
+    them appear with the rest or not at all."""
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text)
 
 
 def remove_partial_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from masa.config import (
     load_config,
 )
 from masa.meta.prompt import PROMPT_STYLES
+from masa.meta.record import META_RECORD_FILE, MetaPromptRecord, read_meta_record
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,24 +122,24 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--meta-n", type=int, default=8, help="meta predictions per problem with --meta (default 8)"
     )
+    asked_as = f"default: as the model folder's {META_RECORD_FILE} says a masa run trained it, else"
     p.add_argument(
         "--meta-prompt",
         choices=PROMPT_STYLES,
-        default=MetaConfig.prompt,
-        help=f"meta prompt wording, as the model was trained with (meta.prompt; default {MetaConfig.prompt})",
+        help=f"meta prompt wording (meta.prompt; {asked_as} {MetaConfig.prompt})",
     )
     p.add_argument(
         "--meta-reasoning",
         action=argparse.BooleanOptionalAction,
-        default=MetaConfig.reasoning,
-        help="ask for <meta> reasoning before the JSON, as the model was trained with (meta.reasoning; "
-        f"default {'on' if MetaConfig.reasoning else 'off'})",
+        help=f"ask for <meta> reasoning before the JSON (meta.reasoning; {asked_as} "
+        f"{'on' if MetaConfig.reasoning else 'off'})",
     )
     p.add_argument(
         "--meta-no-notions",
         dest="meta_notions",
-        action="store_false",
-        help="meta prompt without the notion field (a model trained on a task without notions)",
+        action="store_const",
+        const=False,
+        help=f"meta prompt without the notion field ({asked_as} with it)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
@@ -181,6 +182,12 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     )
     from masa.rollout import build_engine
 
+    asked = _meta_question(args)
+    if args.meta:
+        console.print(
+            f"meta prompt: {asked.prompt}, {'with' if asked.reasoning else 'no'} reasoning, "
+            f"{'with' if asked.notions else 'no'} notions"
+        )
     settings = EvalSettings(
         model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         n=args.n,
@@ -191,9 +198,9 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         meta=args.meta,
         meta_n=args.meta_n,
-        meta_prompt=args.meta_prompt,
-        meta_reasoning=args.meta_reasoning,
-        meta_notions=args.meta_notions,
+        meta_prompt=asked.prompt,
+        meta_reasoning=asked.reasoning,
+        meta_notions=asked.notions,
         answer_fallback=args.answer_fallback,
         max_batch_sequences=args.batch_size,
         engine=args.engine,
@@ -269,6 +276,18 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _meta_question(args: argparse.Namespace) -> MetaPromptRecord:
+    """How the meta question is asked: each flag given, else what the model folder's record says its
+    training asked (``masa.meta.record``), else the training defaults."""
+    recorded = read_meta_record(args.model) if Path(args.model).is_dir() else None
+    fallback = recorded or MetaPromptRecord(MetaConfig.prompt, MetaConfig.reasoning, notions=True)
+    return MetaPromptRecord(
+        prompt=fallback.prompt if args.meta_prompt is None else args.meta_prompt,
+        reasoning=fallback.reasoning if args.meta_reasoning is None else args.meta_reasoning,
+        notions=fallback.notions if args.meta_notions is None else args.meta_notions,
+    )
+
+
 def _unique_names(names: list[str]) -> list[str]:
     """Output folder names: two benchmarks with the same name (files in different folders) get -2, -3."""
     used: set[str] = set()
@@ -310,9 +329,10 @@ def _user_errors(command: str) -> tuple[type[Exception], ...]:
         from masa.data.loaders import DataError
         from masa.eval.benchmarks import BenchmarkError
         from masa.eval.runner import EvalSetupError
+        from masa.meta.record import MetaRecordError
         from masa.models import ModelLoadError
 
-        errors += (DataError, BenchmarkError, EvalSetupError, ModelLoadError)
+        errors += (DataError, BenchmarkError, EvalSetupError, ModelLoadError, MetaRecordError)
     if command == "train":
         from masa.checkpoint import CheckpointError
         from masa.data.loaders import DataError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,7 @@ class Learner:
         trainer_state: dict[str, Any],
         *,
         keep: int,
+        extra_files: Mapping[str, str] | None = None,
     ) -> Path:
         """Write ``step-N`` (collective). Full: rank 0 writes the gathered weights as a Hugging Face folder
         (with LoRA the adapter as a peft folder) while the others wait. Sharded: every rank writes its
@@ -222,16 +223,21 @@ class Learner:
                 trainer_state,
                 keep=keep,
                 ranks=self.ranks,
+                extra_files=extra_files,
             )
         weights = _Weights(self.model, self._adapter_state()) if self.lora.rank else self.generation_model
         if self.ranks.is_main:
-            save_checkpoint(checkpoints_dir, step, weights, tokenizer, trainer_state, keep=keep)
+            save_checkpoint(
+                checkpoints_dir, step, weights, tokenizer, trainer_state, keep=keep, extra_files=extra_files
+            )
         self.ranks.barrier()
         return checkpoints_dir / f"step-{step}"
 
-    def save_final(self, target: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    def save_final(
+        self, target: Path, tokenizer: PreTrainedTokenizerBase, extra_files: Mapping[str, str] | None = None
+    ) -> Path:
         """The trained policy as a plain Hugging Face folder (with LoRA: merged, or the adapter alone if
-        ``model.lora.final=adapter``), written aside and renamed into place."""
+        ``model.lora.final=adapter``), written aside and renamed into place with ``extra_files``."""
         weights: Any = self.generation_model
         if self.lora.rank and self.lora.final == "adapter":
             weights = _Weights(self.model, self._adapter_state())
@@ -239,7 +245,7 @@ class Learner:
             weights = _Weights(self.model.get_base_model(), dict(self.full_weights()))
         # (Under torchrun the replica already holds the merged weights.)
         if self.ranks.is_main:
-            save_model_folder(target, weights, tokenizer)
+            save_model_folder(target, weights, tokenizer, extra_files)
         self.ranks.barrier()
         return target
 

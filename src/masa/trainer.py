@@ -47,6 +47,7 @@ from masa.meta.expert import build_expert_target, fallback_notions, select_exper
 from masa.meta.parse import MetaPrediction
 from masa.meta.prompt import parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
+from masa.meta.record import META_RECORD_FILE, MetaPromptRecord
 from masa.meta.rewards import MetaRewardWeights, SolutionStats, meta_reward, notion_reward, solution_stats
 from masa.meta.rollouts import MetaRollout, meta_step_metrics
 from masa.models import describe_precision, load_model, resolve_autocast, resolve_device
@@ -178,6 +179,13 @@ class Trainer:
         self.update_rng = self.streams.generator("update")
         mc, e = config.meta, config.efficient
         self.notions = task_has_notions(config)
+        # Written into every checkpoint and the final model, so that `masa eval --meta` asks the question the
+        # model learnt (masa.meta.record); a GRPO model never learnt one.
+        self.model_files = (
+            {META_RECORD_FILE: MetaPromptRecord(mc.prompt, mc.reasoning, self.notions).to_json()}
+            if config.algo.name != "grpo"
+            else {}
+        )
         self.meta_weights = MetaRewardWeights(
             mc.weight_length, mc.weight_pass_rate, mc.weight_notion if self.notions else 0.0
         )
@@ -743,6 +751,7 @@ class Trainer:
             self.tokenizer,
             self.trainer_state(),
             keep=self.cfg.train.keep_checkpoints,
+            extra_files=self.model_files,
         )
 
     def _open_run_folder(self, resume: bool, resumed: bool) -> MetricsWriter:
@@ -788,7 +797,7 @@ class Trainer:
             self.console.print(f"checkpoint: {checkpoint}")
             final_dir = None
             if not interrupted:
-                final_dir = self.learner.save_final(self.run_dir / "final", self.tokenizer)
+                final_dir = self.learner.save_final(self.run_dir / "final", self.tokenizer, self.model_files)
                 self.console.print(f"[bold green]done[/]: final model in {final_dir}")
             else:
                 self.console.print(
