@@ -7,3 +7,6 @@ JSON alone since)."""
 BEFORE_S14 = ["meta.n=8", "meta.expert_source=buffer"]
 """M = 8 and the buffer of recent expert targets: the defaults until verdict-s14 (M = 4 and the step's own
 targets since)."""
+BEFORE_S22 = ["meta.prompt=compact", "meta.steps_without_solution_signal=train"]
+"""The compact meta prompt and the paper's update of the meta and expert terms alone: algo=masa's defaults
+until verdict-s22 (the terse prompt and skipping those steps since; masa-efficient keeps these)."""

@@ -33,15 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from former_defaults import BEFORE_S14, PAPER_REASONED
+from former_defaults import BEFORE_S14, BEFORE_S22, PAPER_REASONED
 from fresh_problems import run_fresh_problems, write_problems
 
-from masa.config import MetaConfig, load_config
+from masa.config import load_config, meta_prompt_style
 from masa.data.problem import Problem
 from masa.eval.meta_metrics import level_alignment
 from masa.eval.runner import PassRatePredictions
 from masa.meta.prompt import PROMPT_STYLES
+from masa.meta.record import UNRECORDED
 from masa.runfiles import write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -177,7 +177,7 @@ ARMS = {
 # M = 2 under algo=masa since verdict-s18-40steps); the arms measured on them pin them, so that a rerun
 # repeats them. masa-new is masa's defaults, so its results up to verdict-s13 are of what masa-json-compact
 # names now, and masa-efficient-steps-new's of the same path; from verdict-s14 to verdict-s17 they are
-# masa-lean's.
+# masa-lean's; from verdict-s18-40steps to verdict-s21, masa-lean-m2's; from verdict-s22, masa-terse-skip-m2's.
 S14_ARMS = (
     "grpo",
     "masa-new",
@@ -193,6 +193,14 @@ S14_ARMS = (
     "masa-efficient-lean-m2-skip-nocut",
 )
 ARMS = {arm: overrides if arm in S14_ARMS else [*overrides, *BEFORE_S14] for arm, overrides in ARMS.items()}
+# The terse prompt and skipped auxiliary-only steps are algo=masa's defaults since verdict-s22; every arm run
+# before then pins the former ones, ahead of its own overrides so that the keys it sets win. masa-new
+# follows the defaults, and the paper preset sets its own.
+FOLLOWS_S22_DEFAULTS = ("grpo", "masa-new", "masa-paper", "masa-terse-skip-m2")
+ARMS = {
+    arm: overrides if arm in FOLLOWS_S22_DEFAULTS else [*BEFORE_S22, *overrides]
+    for arm, overrides in ARMS.items()
+}
 MASA_CANDIDATES = {
     "masa-new": "MASA (new)",
     "masa-step-expert": "MASA, expert targets of the step",
@@ -267,8 +275,8 @@ def meta_style(arm: str, run: Path, args: argparse.Namespace) -> tuple[str, bool
     --meta-eval-prompt's for GRPO."""
     if arm == "grpo":
         return _eval_prompt(args)
-    meta = yaml.safe_load((run / "config.yaml").read_text())["meta"]
-    return meta["prompt"], meta["reasoning"]
+    config = load_config(file=run / "config.yaml")
+    return meta_prompt_style(config), config.meta.reasoning
 
 
 def redo_meta_eval(arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -932,14 +940,14 @@ def main() -> None:
     parser.add_argument(
         "--meta-eval-prompt",
         choices=PROMPT_STYLES,
-        default=MetaConfig.prompt,
-        help="meta prompt for GRPO/base (default: masa's)",
+        default=UNRECORDED.prompt,
+        help=f"meta prompt for GRPO/base (default: {UNRECORDED.prompt}, what masa asks an unrecorded model)",
     )
     parser.add_argument(
         "--meta-eval-reasoning",
         action=argparse.BooleanOptionalAction,
-        default=MetaConfig.reasoning,
-        help="ask GRPO/base for <meta> reasoning (default: masa's; the MASA arms use what they trained with)",
+        default=UNRECORDED.reasoning,
+        help="ask GRPO/base for <meta> reasoning (default: off; the MASA arms use what they trained with)",
     )
     parser.add_argument("--meta-eval-grpo", action="store_true", help="also evaluate GRPO's meta-awareness")
     parser.add_argument("--meta-eval-base", action="store_true", help="also evaluate the untrained model's")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from former_defaults import BEFORE_S14, PAPER_REASONED
+from former_defaults import BEFORE_S14, BEFORE_S22, PAPER_REASONED
 
 from masa.config import load_config
 from masa.models import cpu_has_fast_bf16, cpu_name
@@ -82,6 +82,8 @@ ARMS = {
     "masa json-compact vllm, step's expert targets": [*JSON_COMPACT, "meta.expert_source=step"],
     "masa lean vllm": [*JSON_COMPACT, "meta.expert_source=step", "meta.n=4"],
 }
+# All measured before verdict-s22's defaults; each arm's own keys come after, and win.
+ARMS = {name: [*BEFORE_S22, *overrides] for name, overrides in ARMS.items()}
 
 
 # Where the update's time goes: forward and backward by kind, then clipping and the optimiser step.

@@ -102,13 +102,25 @@ def test_paper_preset_restores_the_papers_formulation_and_explicit_keys_win():
     assert mixed.meta.pass_rate_reward == "log" and mixed.meta.loss_aggregation == "joint"
 
 
-def test_default_meta_path_is_compact_json_only_and_the_paper_preset_restores_reasoning():
-    from masa.config import config_from_dict, load_config
+def test_default_meta_path_is_json_only_by_algorithm_and_the_paper_preset_restores_reasoning():
+    from masa.config import config_from_dict, load_config, meta_prompt_style, meta_setting
 
     for preset in ("tiny", "smollm2-arith"):
         default = load_config(preset).meta
-        assert (default.prompt, default.reasoning) == ("compact", False)
+        assert (default.prompt, default.reasoning) == (None, False)
         assert (default.n, default.expert_source) == (None, "step")
+    # The terse prompt and skipped auxiliary-only steps under algo=masa; masa-efficient's gate was measured
+    # on the compact prompt and the paper's update.
+    by_algo = {}
+    for algo in ("masa", "masa-efficient"):
+        config = load_config("tiny", overrides=[f"algo={algo}"])
+        by_algo[algo] = (meta_prompt_style(config), meta_setting(config, "steps_without_solution_signal"))
+    assert by_algo == {"masa": ("terse", "skip"), "masa-efficient": ("compact", "train")}
+    for algo in ("masa", "masa-efficient"):
+        explicit = load_config("tiny", overrides=[f"algo={algo}", "meta.prompt=paper"])
+        assert meta_prompt_style(explicit) == "paper"
+        paper_update = load_config("tiny", overrides=[f"algo={algo}", "meta.preset=paper"])
+        assert meta_setting(paper_update, "steps_without_solution_signal") == "train"
         assert load_config(preset, overrides=["meta.preset=paper"]).meta.n == 8  # the preset file sets no M
     paper = load_config("tiny", overrides=["meta.preset=paper"]).meta
     assert (paper.prompt, paper.reasoning, paper.n) == ("paper", True, 8)

@@ -10,6 +10,7 @@ import masa.learner as learner_module
 from masa.advantages import group_advantages
 from masa.config import ConfigError, load_config
 from masa.meta.prompt import render_meta_json
+from masa.meta.record import META_RECORD_FILE
 from masa.trainer import Trainer
 
 
@@ -243,6 +244,18 @@ def test_terse_meta_prompt_is_trained_without_the_default_system_turn(tmp_path, 
         assert "Predict your 8 tries as JSON only" in prompt and "SmolLM" not in prompt
     solution = trainer.tokenizer.decode(next(s for s in seen[0] if s.kind == "solution").prompt_ids)
     assert "SmolLM" in solution  # the solution prompt is GRPO's, system turn and all
+
+
+def test_masa_defaults_to_the_terse_prompt_and_no_auxiliary_only_steps_and_masa_efficient_does_not(tmp_path):
+    masa = _trainer(tmp_path, "masa", run="m")
+    efficient = _trainer(tmp_path, "masa-efficient", run="e")
+    assert not masa.learner.settings.auxiliary_alone and efficient.learner.settings.auxiliary_alone
+    problem = masa.train_problems[0]
+    assert "Predict your 8 tries as JSON only" in masa.tokenizer.decode(masa._meta_ids(problem))
+    assert "Predict your own solution" in efficient.tokenizer.decode(efficient._meta_ids(problem))
+    # What the model folders will tell `masa eval --meta`.
+    assert json.loads(masa.model_files[META_RECORD_FILE])["prompt"] == "terse"
+    assert json.loads(efficient.model_files[META_RECORD_FILE])["prompt"] == "compact"
 
 
 def test_expert_targets_from_the_step_share_its_meta_prompts(tmp_path, monkeypatch):

@@ -13,14 +13,13 @@ from rich.text import Text
 from masa.config import (
     PRESETS,
     ConfigError,
-    MetaConfig,
     apply_overrides,
     config_from_dict,
     describe_options,
     load_config,
 )
 from masa.meta.prompt import PROMPT_STYLES
-from masa.meta.record import META_RECORD_FILE, MetaPromptRecord, read_meta_record
+from masa.meta.record import META_RECORD_FILE, UNRECORDED, MetaPromptRecord, read_meta_record
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -126,13 +125,13 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--meta-prompt",
         choices=PROMPT_STYLES,
-        help=f"meta prompt wording (meta.prompt; {asked_as} {MetaConfig.prompt})",
+        help=f"meta prompt wording (meta.prompt; {asked_as} {UNRECORDED.prompt})",
     )
     p.add_argument(
         "--meta-reasoning",
         action=argparse.BooleanOptionalAction,
         help=f"ask for <meta> reasoning before the JSON (meta.reasoning; {asked_as} "
-        f"{'on' if MetaConfig.reasoning else 'off'})",
+        f"{'on' if UNRECORDED.reasoning else 'off'})",
     )
     p.add_argument(
         "--meta-no-notions",
@@ -280,7 +279,7 @@ def _meta_question(args: argparse.Namespace) -> MetaPromptRecord:
     """How the meta question is asked: each flag given, else what the model folder's record says its
     training asked (``masa.meta.record``), else the training defaults."""
     recorded = read_meta_record(args.model) if Path(args.model).is_dir() else None
-    fallback = recorded or MetaPromptRecord(MetaConfig.prompt, MetaConfig.reasoning, notions=True)
+    fallback = recorded or UNRECORDED
     return MetaPromptRecord(
         prompt=fallback.prompt if args.meta_prompt is None else args.meta_prompt,
         reasoning=fallback.reasoning if args.meta_reasoning is None else args.meta_reasoning,

@@ -28,7 +28,7 @@ from masa.checkpoint import (
     save_sharded_checkpoint,
     writes_sharded,
 )
-from masa.config import Config, ConfigError, LoraConfig
+from masa.config import Config, ConfigError, LoraConfig, meta_setting
 from masa.distributed import SINGLE_PROCESS, Ranks
 from masa.update import TrainSequence, UpdateSettings, honours_shared_layout, policy_update
 
@@ -83,7 +83,7 @@ class Learner:
             else None,
             kind_weights={"solution": 1.0, "meta": mc.loss_weight, "expert": mc.expert_weight},
             aggregation=mc.loss_aggregation,
-            auxiliary_alone=mc.steps_without_solution_signal == "train",
+            auxiliary_alone=meta_setting(config, "steps_without_solution_signal") == "train",
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from masa.config import Config, task_has_notions
+from masa.config import Config, meta_prompt_style, task_has_notions
 from masa.meta.prompt import SYSTEM_TURN, build_meta_prompt
 
 DEFAULT_SOLUTION_TEMPLATE = "{problem}\nPut the final answer in \\boxed{{}}."
@@ -52,18 +52,18 @@ def encode_meta_prompt(tokenizer: PreTrainedTokenizerBase, text: str, style: str
 def run_meta_prompt_ids(tokenizer: PreTrainedTokenizerBase, problem_text: str, config: Config) -> list[int]:
     """Token ids of a problem's meta prompt as a run with this config asks it: its style, reasoning, limits
     and whether its task has notions."""
-    mc = config.meta
+    mc, style = config.meta, meta_prompt_style(config)
     text = build_meta_prompt(
         problem_text,
         pass_rate_scale=mc.pass_rate_scale,
         max_response_tokens=config.rollout.max_new_tokens,
         min_length=mc.min_length,
         notion_word=mc.notion_word,
-        style=mc.prompt,
+        style=style,
         reasoning=mc.reasoning,
         notions=task_has_notions(config),
     )
-    return encode_meta_prompt(tokenizer, text, mc.prompt)
+    return encode_meta_prompt(tokenizer, text, style)
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

@@ -30,7 +30,14 @@ from masa.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from masa.config import Config, ConfigError, config_from_dict, meta_rollouts, task_has_notions
+from masa.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    meta_prompt_style,
+    meta_rollouts,
+    task_has_notions,
+)
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import DataError, FieldMap, load_problems
 from masa.data.problem import Problem
@@ -182,7 +189,11 @@ class Trainer:
         # Written into every checkpoint and the final model, so that `masa eval --meta` asks the question the
         # model learnt (masa.meta.record); a GRPO model never learnt one.
         self.model_files = (
-            {META_RECORD_FILE: MetaPromptRecord(mc.prompt, mc.reasoning, self.notions).to_json()}
+            {
+                META_RECORD_FILE: MetaPromptRecord(
+                    meta_prompt_style(config), mc.reasoning, self.notions
+                ).to_json()
+            }
             if config.algo.name != "grpo"
             else {}
         )

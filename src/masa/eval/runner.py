@@ -54,6 +54,7 @@ from masa.eval.plots import (
 )
 from masa.meta.prompt import build_meta_prompt, parse_meta_answer
 from masa.meta.readout import count_token_ids, read_rollout
+from masa.meta.record import UNRECORDED
 from masa.meta.rewards import SolutionStats, notion_reward, solution_stats
 from masa.models import resolve_autocast
 from masa.prompts import DEFAULT_SOLUTION_TEMPLATE, encode_meta_prompt, encode_user_message, solution_prompt
@@ -101,8 +102,8 @@ class EvalSetupError(ValueError):
 class EvalSettings:
     """How an evaluation samples and scores. Defaults are the paper's protocol except ``n`` and the lengths.
 
-    The meta-prompt and gating defaults are the training defaults, so an evaluation asks a trained model
-    the question it learned to answer.
+    The meta prompt defaults to what a model without a record is asked (``masa.meta.record.UNRECORDED``;
+    `masa eval` reads a model's record); the gating defaults are the training defaults.
     """
 
     model: str = ""
@@ -121,9 +122,9 @@ class EvalSettings:
     pass_rate_scale: int = MetaConfig.pass_rate_scale
     meta_min_length: int = MetaConfig.min_length
     notion_word: str = MetaConfig.notion_word
-    meta_prompt: str = MetaConfig.prompt
-    meta_reasoning: bool = MetaConfig.reasoning
-    meta_notions: bool = True
+    meta_prompt: str = UNRECORDED.prompt
+    meta_reasoning: bool = UNRECORDED.reasoning
+    meta_notions: bool = UNRECORDED.notions
     """Ask for notions in the meta prompt (false: as trained on a task without notions)."""
     gate_tolerance: float = EfficientConfig.gate_tolerance
     gate_min_parsed: int = EfficientConfig.gate_min_parsed

@@ -33,6 +33,11 @@ class MetaPromptRecord:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
+UNRECORDED = MetaPromptRecord(prompt="compact", reasoning=False, notions=True)
+"""How a model folder without a record is asked: masa's meta prompt from session 12 until records began
+(session 22), so models trained then are asked what they learnt; GRPO and hub models the same."""
+
+
 def read_meta_record(model_folder: str | Path) -> MetaPromptRecord | None:
     """The record in a model folder; None for a folder without one (a hub name, a GRPO or older model)."""
     path = Path(model_folder) / META_RECORD_FILE
