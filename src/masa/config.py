@@ -177,7 +177,7 @@ class MetaConfig:
     """The meta prompt's wording; null: terse with algo.name=masa, compact with masa-efficient. paper: the
     paper's (about 210 tokens with the chat scaffold on the embedded model); compact: a one-line schema
     with the same fields (about 110); terse: a schema of bare ranges, asked without the chat template's
-    default system turn (about 60). With steps_without_solution_signal=skip, terse made a MASA step 1.43x
+    default system turn (about 60). With steps_without_solution_signal=skip, terse made a MASA step 1.39x
     GRPO's against 1.58x for compact with train, at the same accuracy; its held-out pass-rate Pearson read
     0.07 lower (1.5 SE, 8 seeds, benchmarks/README.md, verdict-s22). MASA-efficient's gate reads the
     predictions and was measured with compact. meta.preset=paper restores the paper's."""
