@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from scripted_engine import ScriptedEngine
 
 import masa.learner as learner_module
@@ -256,6 +257,13 @@ def test_masa_defaults_to_the_terse_prompt_and_no_auxiliary_only_steps_and_masa_
     # What the model folders will tell `masa eval --meta`.
     assert json.loads(masa.model_files[META_RECORD_FILE])["prompt"] == "terse"
     assert json.loads(efficient.model_files[META_RECORD_FILE])["prompt"] == "compact"
+    # The run folder keeps the values, not the nulls, so a resume under a later masa repeats them.
+    recorded = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["meta"]
+    assert (recorded["prompt"], recorded["steps_without_solution_signal"], recorded["n"]) == (
+        "terse",
+        "skip",
+        3,
+    )
 
 
 def test_expert_targets_from_the_step_share_its_meta_prompts(tmp_path, monkeypatch):

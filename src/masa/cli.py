@@ -277,7 +277,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
 
 def _meta_question(args: argparse.Namespace) -> MetaPromptRecord:
     """How the meta question is asked: each flag given, else what the model folder's record says its
-    training asked (``masa.meta.record``), else the training defaults."""
+    training asked (``masa.meta.record``), else what masa asks a model without one (``UNRECORDED``)."""
     recorded = read_meta_record(args.model) if Path(args.model).is_dir() else None
     fallback = recorded or UNRECORDED
     return MetaPromptRecord(

@@ -429,6 +429,15 @@ def meta_setting(cfg: Config, key: str) -> Any:
     return META_BY_ALGORITHM.get(cfg.algo.name, META_BY_ALGORITHM["masa"])[key]
 
 
+def with_algorithm_defaults(cfg: Config) -> Config:
+    """The config with each null by-algorithm meta key set to its algorithm's value. A run keeps this one
+    (config.yaml), so that resuming it repeats what it started with whatever a later masa defaults to."""
+    if cfg.algo.name == "grpo":  # asks no meta question
+        return cfg
+    resolved = {key: meta_setting(cfg, key) for key in META_BY_ALGORITHM[cfg.algo.name]}
+    return dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, **resolved))
+
+
 def meta_rollouts(cfg: Config) -> int:
     """Meta rollouts per problem for this run (``meta.n``)."""
     return meta_setting(cfg, "n")

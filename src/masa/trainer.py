@@ -37,6 +37,7 @@ from masa.config import (
     meta_prompt_style,
     meta_rollouts,
     task_has_notions,
+    with_algorithm_defaults,
 )
 from masa.data.arithmetic import arithmetic_splits
 from masa.data.loaders import DataError, FieldMap, load_problems
@@ -101,7 +102,7 @@ class Trainer:
         console: Console | None = None,
         reward_fn: RewardFn | None = None,
     ):
-        self.cfg = config
+        config = self.cfg = with_algorithm_defaults(config)
         self.reward_fn = reward_fn
         self.ranks = init_ranks(config.model.device)
         # Under torchrun every rank runs this same code; only rank 0 speaks and writes the run folder.
