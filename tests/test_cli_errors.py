@@ -52,6 +52,10 @@ def _eval(f, *args, bench="good.jsonl"):
     return ["eval", "tiny-random", "--benchmark", str(f[bench]), "--out", str(f["root"] / "evals"), *args]
 
 
+def _eval_model(f, model):
+    return ["eval", str(model), "--benchmark", str(f["good.jsonl"]), "--out", "o"]
+
+
 CASES = {
     "unknown key": (lambda f: _train(f, "algo.lrr=1"), "unknown key 'algo.lrr'"),
     "group of one": (lambda f: _train(f, "rollout.n=1"), "rollout.n=1 is not valid"),
@@ -93,31 +97,14 @@ CASES = {
     "unknown benchmark": (lambda f: ["eval", "tiny-random", "--benchmark", "nope", "--out", "o"], "unknown"),
     "benchmark not UTF-8": (lambda f: _eval(f, bench="latin1.jsonl"), "latin1.jsonl, row 1: not UTF-8"),
     "benchmark without answers": (lambda f: _eval(f, bench="no_answer.jsonl"), "--answer-field FIELD"),
-    "eval model without tokenizer": (
-        lambda f: ["eval", str(f["no_tokenizer"]), "--benchmark", str(f["good.jsonl"]), "--out", "o"],
-        "has no tokenizer",
-    ),
+    "eval model without tokenizer": (lambda f: _eval_model(f, f["no_tokenizer"]), "has no tokenizer"),
     "eval results exist": (lambda f: _eval(f), "continue them with --resume"),
     "eval model's meta record unknown": (
-        lambda f: [
-            "eval",
-            str(f["root"] / "record_unknown_style"),
-            "--benchmark",
-            str(f["good.jsonl"]),
-            "--out",
-            "o",
-        ],
+        lambda f: _eval_model(f, f["root"] / "record_unknown_style"),
         "names a meta prompt masa does not know",
     ),
     "eval model's meta record damaged": (
-        lambda f: [
-            "eval",
-            str(f["root"] / "record_cut_off"),
-            "--benchmark",
-            str(f["good.jsonl"]),
-            "--out",
-            "o",
-        ],
+        lambda f: _eval_model(f, f["root"] / "record_cut_off"),
         "masa_meta.json is not a readable meta record",
     ),
     "eval limit": (lambda f: _eval(f, "--limit", "0"), "--limit must be at least 1"),
